@@ -1,0 +1,83 @@
+"""Command line: ``tokgen fit|validate|test --config recipe.yaml`` (LightningCLI) and tokgen's own tools.
+
+Every run writes to ``trainer.default_root_dir`` (set in each recipe):
+  checkpoints/last.ckpt and checkpoints/step=*.ckpt   resumable with ``--ckpt_path last``
+  lightning_logs/version_*/metrics.csv               logged metrics (CSV)
+  samples/val_latest.png                              reconstructions, rows = original, k = 1, 2, 4, ..., K
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+class TokgenCLI(LightningCLI):
+    """LightningCLI with a checkpoint callback whose folder is fixed under default_root_dir, so
+    ``--ckpt_path last`` always finds ``last.ckpt`` of the previous (killed) run."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "step={step:07d}",
+            "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.save_top_k": -1,
+        })
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir or os.getcwd()
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+
+
+def lightning_main(args: list[str] | None = None, run: bool = True) -> TokgenCLI:
+    """Run LightningCLI on ``args``; with ``run=False`` only build model, data and trainer (no subcommand)."""
+    if not run and args and args[0] in LIGHTNING_COMMANDS:
+        args = args[1:]
+    return TokgenCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+USAGE = """usage: tokgen <command> [options]
+
+commands:
+  fit | validate | test     train or score a model from a YAML recipe (LightningCLI), e.g.
+                            tokgen fit --config configs/tokenizer/shapes_tiny.yaml
+  <command> --help          options of one command
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command = argv[0]
+    if command not in LIGHTNING_COMMANDS:
+        print(USAGE, file=sys.stderr)
+        sys.exit(f"tokgen: error: unknown command {command!r}; accepted: {', '.join(LIGHTNING_COMMANDS)}")
+    try:
+        lightning_main(argv)
+    except (FileNotFoundError, ValueError) as err:
+        if os.environ.get("TOKGEN_DEBUG"):
+            raise
+        sys.exit(f"tokgen {command}: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""LightningModule that trains a 1D tokenizer: pixel + perceptual + quantizer (+ GAN) losses, nested dropout,
+EMA weights, warm-up + cosine LR, and per-budget validation (PSNR for k = 1, 2, 4, ..., K and a PNG grid).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from torchvision.utils import save_image
+
+from ..metrics import psnr, to_unit
+from ..tokenizers import Tokenizer1D, TokenizerConfig, power_of_two_budgets, sample_keep_lengths
+from ..tokenizers.nested_dropout import KEEP_MODES
+from .ema import ema_update
+from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, pixel_loss
+from .schedule import warmup_cosine
+
+
+@dataclass
+class LossConfig:
+    reconstruction: str = "l1"  # "l1" or "l2"
+    perceptual_weight: float = 0.0  # LPIPS weight; needs the backbone weights in the torch cache
+    perceptual_net: str = "vgg"  # "vgg", "alex" or "squeeze"
+    perceptual_random_backbone: bool = False  # test stand-in only: random LPIPS backbone
+    gan_weight: float = 0.0  # PatchGAN hinge loss weight (0 = off)
+    gan_start_step: int = 0  # generator steps before the GAN term switches on
+    disc_width: int = 64
+    disc_layers: int = 3
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 100
+    total_steps: int | None = None  # None: the trainer's max_steps
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    disc_lr: float | None = None  # None: same as lr
+
+
+class TokenizerModule(L.LightningModule):
+    def __init__(
+        self,
+        tokenizer: TokenizerConfig | None = None,
+        loss: LossConfig | None = None,
+        optim: OptimConfig | None = None,
+        nested_dropout: str = "uniform",
+        ema_decay: float = 0.999,
+        val_budgets: list[int] | None = None,
+        grid_images: int = 8,
+    ):
+        """
+        Args:
+            tokenizer: architecture of the 1D tokenizer.
+            loss: pixel / perceptual / GAN loss settings.
+            optim: AdamW + warm-up cosine schedule.
+            nested_dropout: how many tokens each training example keeps: "uniform" (k ~ U{1..K}),
+                "pow2" (k in {1, 2, 4, ..., K}) or "none" (always K).
+            ema_decay: decay of the EMA weights used for validation and export (0 = no EMA).
+            val_budgets: token budgets scored in validation (default 1, 2, 4, ..., K).
+            grid_images: images per row of the validation PNG grid.
+        """
+        super().__init__()
+        self.automatic_optimization = False
+        self.tokenizer_config = tokenizer or TokenizerConfig()
+        self.loss_config = loss or LossConfig()
+        self.optim_config = optim or OptimConfig()
+        if nested_dropout not in KEEP_MODES:
+            raise ValueError(f"nested_dropout={nested_dropout!r} is not supported; use one of {KEEP_MODES}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
+        self.nested_dropout = nested_dropout
+        self.ema_decay = ema_decay
+        self.grid_images = grid_images
+
+        self.tokenizer = Tokenizer1D(self.tokenizer_config)
+        K = self.tokenizer.num_tokens
+        self.val_budgets = sorted(set(val_budgets or power_of_two_budgets(K)))
+        bad = [k for k in self.val_budgets if not 1 <= k <= K]
+        if bad:
+            raise ValueError(f"val_budgets {bad} are outside the accepted range 1..{K}")
+        self.ema_tokenizer = None
+        if ema_decay > 0:
+            self.ema_tokenizer = copy.deepcopy(self.tokenizer).requires_grad_(False)
+        self.discriminator = None
+        if self.loss_config.gan_weight > 0:
+            self.discriminator = PatchDiscriminator(
+                self.tokenizer_config.channels, self.loss_config.disc_width, self.loss_config.disc_layers
+            )
+        self._lpips: list = []  # kept out of the state dict (frozen, loaded from the torch cache)
+        self.generator_steps = 0
+        self._val_grid = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        if self.loss_config.perceptual_weight > 0 and not self._lpips:
+            self._lpips.append(build_lpips(self.loss_config.perceptual_net, self.loss_config.perceptual_random_backbone))
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            c = self.tokenizer_config
+            for name, want in (("image_size", c.image_size), ("channels", c.channels)):
+                got = getattr(dm, name, None)
+                if got is not None and got != want:
+                    raise ValueError(
+                        f"data {name}={got} does not match the tokenizer's {name}={want}; "
+                        f"set data.init_args.{name}: {want} or model.tokenizer.{name}: {got}"
+                    )
+
+    def eval_tokenizer(self) -> Tokenizer1D:
+        """The weights used for validation and export: EMA when enabled."""
+        return self.ema_tokenizer if self.ema_tokenizer is not None else self.tokenizer
+
+    def configure_optimizers(self):
+        o = self.optim_config
+        decay, no_decay = [], []
+        for name, p in self.tokenizer.named_parameters():
+            (no_decay if p.ndim < 2 or "pos" in name or "token" in name or "registers" in name else decay).append(p)
+        opt_g = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.beta1, o.beta2),
+        )
+        total = o.total_steps or (self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000)
+        sched_g = torch.optim.lr_scheduler.LambdaLR(
+            opt_g, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio)
+        )
+        if self.discriminator is None:
+            return [opt_g], [sched_g]
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=o.disc_lr or o.lr, betas=(o.beta1, o.beta2))
+        return [opt_g, opt_d], [sched_g]
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        images = batch["image"]
+        opts = self.optimizers()
+        opt_g = opts[0] if isinstance(opts, (list, tuple)) else opts
+        sched = self.lr_schedulers()
+        sched = sched[0] if isinstance(sched, (list, tuple)) else sched
+        lc = self.loss_config
+
+        keep = sample_keep_lengths(images.shape[0], self.tokenizer.num_tokens, self.nested_dropout, device=images.device)
+        recon, codes, aux = self.tokenizer(images, keep)
+        rec = pixel_loss(recon, images, lc.reconstruction)
+        loss = rec + sum(aux.values(), torch.zeros((), device=images.device))
+        logs = {"train/rec": rec.detach(), **{f"train/{k}": v.detach() for k, v in aux.items()}}
+        if self._lpips:
+            lp = self._lpips[0].to(images.device)(recon, images).mean()
+            loss = loss + lc.perceptual_weight * lp
+            logs["train/lpips"] = lp.detach()
+        gan_on = self.discriminator is not None and self.generator_steps >= lc.gan_start_step
+        if gan_on:
+            g_loss = -self.discriminator(recon).mean()
+            weight = adaptive_gan_weight(rec + (lc.perceptual_weight * lp if self._lpips else 0), g_loss,
+                                         self.tokenizer.to_pixels.weight)
+            loss = loss + lc.gan_weight * weight * g_loss
+            logs.update({"train/g_loss": g_loss.detach(), "train/gan_adaptive_weight": weight})
+
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.optim_config.grad_clip:
+            self.clip_gradients(opt_g, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        sched.step()
+        self.generator_steps += 1
+        if self.ema_tokenizer is not None:
+            ema_update(self.ema_tokenizer, self.tokenizer, self.ema_decay, self.generator_steps)
+
+        if gan_on:
+            opt_d = opts[1]
+            d_loss = hinge_d_loss(self.discriminator(images), self.discriminator(recon.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+            logs["train/d_loss"] = d_loss.detach()
+
+        logs["train/loss"] = loss.detach()
+        logs["train/lr"] = torch.tensor(sched.get_last_lr()[0])
+        if codes.dtype == torch.long:
+            for k, v in self.tokenizer.quantizer.stats(codes).items():
+                logs[f"train/{k}"] = torch.tensor(float(v))
+        self.log_dict(logs, prog_bar=False)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ validation
+    def _eval_step(self, batch, batch_idx, stage: str):
+        images = batch["image"]
+        model = self.eval_tokenizer()
+        z_q, codes, _ = model.quantize(model.encode_latents(images))
+        target = to_unit(images)
+        rows = [target[: self.grid_images]]
+        for k in self.val_budgets:
+            recon = to_unit(model.decode_latents(z_q[:, :k]))
+            self.log(f"{stage}/psnr_k{k}", psnr(recon, target).mean(), sync_dist=True, batch_size=images.shape[0])
+            rows.append(recon[: self.grid_images])
+        self.log(f"{stage}/psnr", psnr(recon, target).mean(), prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+        if codes.dtype == torch.long:
+            for name, v in model.quantizer.stats(codes).items():
+                self.log(f"{stage}/{name}", float(v), sync_dist=True, batch_size=images.shape[0])
+        if batch_idx == 0:
+            self._val_grid = torch.cat(rows)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        out_dir = os.path.join(self.trainer.default_root_dir, "samples")
+        os.makedirs(out_dir, exist_ok=True)
+        n = min(self.grid_images, self._val_grid.shape[0] // (len(self.val_budgets) + 1))
+        grid = self._val_grid.view(len(self.val_budgets) + 1, -1, *self._val_grid.shape[1:])[:, :n]
+        # rows: original, then k = val_budgets[0], ..., K (coarse to fine)
+        for name in (f"val_step{self.global_step:07d}.png", "val_latest.png"):
+            save_image(grid.flatten(0, 1).float().cpu(), os.path.join(out_dir, name), nrow=n, padding=1)
+        self._val_grid = None
+
+    # ------------------------------------------------------------------ checkpoint metadata
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokgen"] = {
+            "kind": "tokenizer1d",
+            "tokenizer_config": self.tokenizer_config.to_dict(),
+            "loss_config": asdict(self.loss_config),
+            "optim_config": asdict(self.optim_config),
+            "generator_steps": self.generator_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.generator_steps = int(checkpoint.get("tokgen", {}).get("generator_steps", 0))

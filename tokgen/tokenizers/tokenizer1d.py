@@ -1,0 +1,220 @@
+"""A 1D tokenizer: an image becomes a short sequence of K tokens, and any prefix of it decodes.
+
+Encoder (TiTok): a ViT reads ``[patches | K learned registers]`` and keeps only the registers. With
+``register_attention="causal"`` (FlexTok) register i attends to every patch and to registers <= i, while
+patches attend only to patches, so token i never depends on later tokens. With ``"bidirectional"`` every
+token attends to every token.
+
+Quantizer: one of ``tokgen.quantize`` (FSQ, VQ, binary, identity) on the projected registers.
+
+Decoder: a ViT over ``[patch queries | K tokens]``; tokens beyond the kept prefix are replaced by a learned
+mask token (nested dropout in training, truncation at inference), and the patch-query outputs are
+projected to pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from ..nn import PatchEmbed, Transformer, build_pos_emb, check_patch_grid, unpatchify
+from ..quantize import QuantizerConfig
+from .nested_dropout import apply_nested_dropout
+
+REGISTER_ATTENTION = ("causal", "bidirectional")
+
+
+@dataclass
+class TokenizerConfig:
+    """Architecture of a 1D tokenizer (saved with every checkpoint; enough to rebuild the model)."""
+
+    image_size: int = 32
+    channels: int = 3
+    patch_size: int = 4
+    width: int = 256
+    encoder_depth: int = 4
+    decoder_depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    num_tokens: int = 32
+    register_attention: str = "causal"
+    pos_emb: str = "learned"
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def __post_init__(self):
+        if isinstance(self.quantizer, dict):
+            self.quantizer = QuantizerConfig(**self.quantizer)
+        check_patch_grid(self.image_size, self.patch_size)
+        if self.register_attention not in REGISTER_ATTENTION:
+            raise ValueError(
+                f"register_attention={self.register_attention!r} is not supported; use one of {REGISTER_ATTENTION}"
+            )
+        for name in ("channels", "width", "encoder_depth", "decoder_depth", "num_heads", "num_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if self.width % self.num_heads != 0:
+            raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TokenizerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown tokenizer config keys {unknown}; accepted keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def register_attention_mask(num_patches: int, num_tokens: int, mode: str) -> torch.Tensor | None:
+    """Boolean (N+K, N+K) mask for the encoder sequence [patches | registers]; None = full attention."""
+    if mode == "bidirectional":
+        return None
+    n = num_patches + num_tokens
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask[:num_patches, :num_patches] = True  # patches see patches only
+    mask[num_patches:, :num_patches] = True  # registers see every patch
+    mask[num_patches:, num_patches:] = torch.tril(torch.ones(num_tokens, num_tokens, dtype=torch.bool))
+    return mask
+
+
+class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=["tokgen", "image-tokenizer"]):
+    def __init__(self, config: TokenizerConfig | dict | None = None):
+        super().__init__()
+        if config is None:
+            config = TokenizerConfig()
+        elif isinstance(config, dict):
+            config = TokenizerConfig.from_dict(config)
+        self.config = c = config
+        self.quantizer = c.quantizer.build()
+        token_dim = c.quantizer.token_dim
+
+        # --- encoder: [patches | registers] -> registers -> token_dim
+        self.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.channels, c.width)
+        num_patches = self.patch_embed.num_patches
+        self.enc_pos = build_pos_emb(c.pos_emb, self.patch_embed.grid, c.width)
+        self.registers = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
+        self.encoder = Transformer(c.width, c.encoder_depth, c.num_heads, c.mlp_ratio)
+        self.to_token = nn.Linear(c.width, token_dim)
+        self.register_buffer(
+            "enc_mask", register_attention_mask(num_patches, c.num_tokens, c.register_attention), persistent=False
+        )
+
+        # --- decoder: [patch queries | tokens] -> patch queries -> pixels
+        self.from_token = nn.Linear(token_dim, c.width)
+        self.mask_token = nn.Parameter(torch.randn(c.width) * 0.02)  # stands in for dropped tokens
+        self.token_pos = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
+        self.patch_query = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
+        self.dec_pos = build_pos_emb(c.pos_emb, self.patch_embed.grid, c.width)
+        self.decoder = Transformer(c.width, c.decoder_depth, c.num_heads, c.mlp_ratio)
+        self.to_pixels = nn.Linear(c.width, c.patch_size * c.patch_size * c.channels)
+        self.apply(_init_weights)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_tokens
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    # ------------------------------------------------------------------ encoder
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, C, H, W) in [-1, 1] -> continuous register latents (B, K, token_dim)."""
+        if images.dim() != 4 or images.shape[1] != self.config.channels:
+            raise ValueError(
+                f"expected images of shape (B, {self.config.channels}, {self.image_size}, {self.image_size}), "
+                f"got {tuple(images.shape)}"
+            )
+        patches = self.enc_pos(self.patch_embed(images))  # (B, N, W)
+        registers = self.registers.expand(images.shape[0], -1, -1)  # (B, K, W)
+        x = self.encoder(torch.cat([patches, registers], dim=1), self.enc_mask)
+        return self.to_token(x[:, -self.num_tokens :])
+
+    def quantize(self, latents: torch.Tensor):
+        """(B, K, token_dim) -> (z_q, codes, aux_losses)."""
+        return self.quantizer(latents)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) in [-1, 1] -> codes (B, K) (or (B, K, D) for continuous tokens)."""
+        return self.quantize(self.encode_latents(images))[1]
+
+    # ------------------------------------------------------------------ decoder
+    def decode_latents(self, z_q: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """z_q: (B, k, token_dim) with 1 <= k <= K; keep: optional (B,) per-example prefix lengths.
+
+        Positions >= k (and >= keep[b]) are replaced by the mask token. Returns images (B, C, H, W).
+        """
+        B, k = z_q.shape[:2]
+        tokens = self.from_token(z_q)  # (B, k, W)
+        if k < self.num_tokens:
+            pad = self.mask_token.expand(B, self.num_tokens - k, -1)
+            tokens = torch.cat([tokens, pad], dim=1)
+        if keep is not None:
+            tokens = apply_nested_dropout(tokens, keep, self.mask_token)
+        tokens = tokens + self.token_pos
+        queries = self.dec_pos(self.patch_query.expand(B, self.patch_embed.num_patches, -1))
+        x = self.decoder(torch.cat([queries, tokens], dim=1))
+        pixels = self.to_pixels(x[:, : self.patch_embed.num_patches])
+        return unpatchify(pixels, self.config.patch_size, self.config.channels)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes: (B, k) prefix of the codes, 1 <= k <= K -> images (B, C, H, W) in [-1, 1] (unclamped)."""
+        self.check_prefix(codes)
+        return self.decode_latents(self.quantizer.codes_to_latents(codes))
+
+    def check_prefix(self, codes: torch.Tensor) -> None:
+        discrete = self.quantizer.is_discrete
+        expected_dims = 2 if discrete else 3
+        if codes.dim() != expected_dims:
+            shape = "(B, k)" if discrete else f"(B, k, {self.quantizer.dim})"
+            raise ValueError(f"codes must have shape {shape}, got {tuple(codes.shape)}")
+        k = codes.shape[1]
+        if not 1 <= k <= self.num_tokens:
+            raise ValueError(f"token budget k={k} is outside the accepted range 1..{self.num_tokens}")
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None):
+        """Reconstruct with per-example kept prefix lengths keep (B,) (None = all K).
+
+        Returns (reconstruction (B, C, H, W), codes, aux_losses dict).
+        """
+        z_q, codes, aux = self.quantize(self.encode_latents(images))
+        return self.decode_latents(z_q, keep), codes, aux
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "Tokenizer1D":
+        """Load a tokenizer from a Lightning checkpoint written by ``tokgen fit`` (no YAML needed)."""
+        from ..checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location=map_location)
+        meta = ckpt.get("tokgen") or {}
+        if "tokenizer_config" not in meta:
+            raise ValueError(f"checkpoint {path} holds no tokgen tokenizer config; was it written by `tokgen fit`?")
+        model = cls(TokenizerConfig.from_dict(meta["tokenizer_config"]))
+        state = ckpt["state_dict"]
+        prefix = "ema_tokenizer." if use_ema and any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path} does not match its tokenizer config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return model.eval()
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
