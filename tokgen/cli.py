@@ -7,6 +7,7 @@ Every run writes to ``trainer.default_root_dir`` (set in each recipe):
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -53,26 +54,40 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> TokgenCLI
     )
 
 
-USAGE = """usage: tokgen <command> [options]
+# tokgen's own commands: name -> ("module:function", one-line help). Each function takes argv (list[str]).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tokenize": ("tokgen.commands.tokenize:main", "encode a dataset split into token shards for generator training"),
+    "sample": ("tokgen.commands.sample:main", "sample images from a generator + tokenizer at chosen token budgets"),
+    "eval": ("tokgen.commands.eval:main", "score a tokenizer per token budget (rFID, PSNR, SSIM, LPIPS) or samples (gFID)"),
+    "train-features": ("tokgen.commands.train_features:main", "train a small classifier, export a TorchScript feature extractor"),
+}
 
-commands:
-  fit | validate | test     train or score a model from a YAML recipe (LightningCLI), e.g.
-                            tokgen fit --config configs/tokenizer/shapes_tiny.yaml
-  <command> --help          options of one command
-"""
+
+def usage() -> str:
+    lines = ["usage: tokgen <command> [options]", "", "commands:",
+             "  fit | validate | test     train or score a model from a YAML recipe (LightningCLI), e.g.",
+             "                            tokgen fit --config configs/tokenizer/shapes_tiny.yaml"]
+    lines += [f"  {name:<25} {text}" for name, (_, text) in sorted(COMMANDS.items())]
+    lines += ["  <command> --help          options of one command", ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return
     command = argv[0]
-    if command not in LIGHTNING_COMMANDS:
-        print(USAGE, file=sys.stderr)
-        sys.exit(f"tokgen: error: unknown command {command!r}; accepted: {', '.join(LIGHTNING_COMMANDS)}")
+    accepted = [*LIGHTNING_COMMANDS, *sorted(COMMANDS)]
+    if command not in accepted:
+        print(usage(), file=sys.stderr)
+        sys.exit(f"tokgen: error: unknown command {command!r}; accepted: {', '.join(accepted)}")
     try:
-        lightning_main(argv)
+        if command in COMMANDS:
+            module, func = COMMANDS[command][0].split(":")
+            getattr(importlib.import_module(module), func)(argv[1:])
+        else:
+            lightning_main(argv)
     except (FileNotFoundError, ValueError) as err:
         if os.environ.get("TOKGEN_DEBUG"):
             raise

@@ -1,4 +1,5 @@
 """LightningModules wrapping tokgen models with losses, optimizers and logging."""
+from .generator import GeneratorModule
 from .tokenizer import LossConfig, OptimConfig, TokenizerModule
 
-__all__ = ["LossConfig", "OptimConfig", "TokenizerModule"]
+__all__ = ["GeneratorModule", "LossConfig", "OptimConfig", "TokenizerModule"]

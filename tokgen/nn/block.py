@@ -19,10 +19,10 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_layer=nn.LayerNorm):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_layer=nn.LayerNorm, qk_norm: bool = False):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -34,9 +34,9 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of ``depth`` pre-norm blocks followed by a final norm."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

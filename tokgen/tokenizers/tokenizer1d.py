@@ -41,6 +41,7 @@ class TokenizerConfig:
     num_tokens: int = 32
     register_attention: str = "causal"
     pos_emb: str = "learned"
+    qk_norm: bool = False
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
@@ -97,7 +98,7 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         num_patches = self.patch_embed.num_patches
         self.enc_pos = build_pos_emb(c.pos_emb, self.patch_embed.grid, c.width)
         self.registers = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
-        self.encoder = Transformer(c.width, c.encoder_depth, c.num_heads, c.mlp_ratio)
+        self.encoder = Transformer(c.width, c.encoder_depth, c.num_heads, c.mlp_ratio, c.qk_norm)
         self.to_token = nn.Linear(c.width, token_dim)
         self.register_buffer(
             "enc_mask", register_attention_mask(num_patches, c.num_tokens, c.register_attention), persistent=False
@@ -109,7 +110,7 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         self.token_pos = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
         self.patch_query = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
         self.dec_pos = build_pos_emb(c.pos_emb, self.patch_embed.grid, c.width)
-        self.decoder = Transformer(c.width, c.decoder_depth, c.num_heads, c.mlp_ratio)
+        self.decoder = Transformer(c.width, c.decoder_depth, c.num_heads, c.mlp_ratio, c.qk_norm)
         self.to_pixels = nn.Linear(c.width, c.patch_size * c.patch_size * c.channels)
         self.apply(_init_weights)
 

@@ -1,0 +1,165 @@
+"""`tokgen sample` / sample/images.py: PNG grids per budget, identical images on 1 and 2 processes,
+one clear error for each bad input."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from tokgen.cli import main
+from tokgen.generator import GPT, GPTConfig, tokenizer_identity
+from tokgen.tokenizers import Tokenizer1D
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save_tokenizer(path, config, seed=0):
+    torch.manual_seed(seed)
+    tok = Tokenizer1D(config)
+    torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in tok.state_dict().items()},
+                "tokgen": {"kind": "tokenizer1d", "tokenizer_config": config.to_dict()}}, path)
+    return str(path)
+
+
+def save_generator(path, tokenizer_path, **overrides):
+    """A generator checkpoint in the layout `tokgen fit` writes, bound to the tokenizer at tokenizer_path."""
+    tok = Tokenizer1D.from_checkpoint(tokenizer_path)
+    values = dict(vocab_size=tok.quantizer.codebook_size, block_size=tok.num_tokens, num_classes=3,
+                  dim=32, n_layer=2, n_head=2, hidden_dim=64)
+    values.update(overrides)
+    torch.manual_seed(1)
+    gen = GPT(GPTConfig(**values))
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
+                "tokgen": {"kind": "generator", "generator_config": gen.config.to_dict(),
+                           "tokenizer": tokenizer_identity(tok, tokenizer_path)}}, path)
+    return str(path)
+
+
+@pytest.fixture
+def models(tiny_config, tmp_path):
+    tok = save_tokenizer(tmp_path / "tok.ckpt", tiny_config())  # 16x16, K = 8, 125 codes
+    return tok, save_generator(tmp_path / "gen.ckpt", tok)
+
+
+def cli_error(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return str(info.value.code)
+
+
+def test_sample_writes_a_grid_per_budget_and_every_image(models, tmp_path):
+    tok, gen = models
+    main(["sample", "--tokenizer", tok, "--generator", gen, "--budgets", "1,4,8", "--classes", "0,2", "--num", "3",
+          "--cfg", "2.0", "--out", str(tmp_path / "s.png"), "--out-dir", str(tmp_path / "imgs"), "--batch-size", "4"])
+    for k in (1, 4, 8):
+        grid = Image.open(tmp_path / f"s_k{k}.png")
+        assert grid.size == (3 * 17 + 1, 2 * 17 + 1)  # 3 columns x 2 classes of 16 px + 1 px padding
+        assert sorted(os.listdir(tmp_path / "imgs" / f"k{k}")) == [
+            "000000_c0.png", "000001_c0.png", "000002_c0.png", "000003_c2.png", "000004_c2.png", "000005_c2.png"]
+    a = torch.tensor(list(Image.open(tmp_path / "imgs" / "k1" / "000000_c0.png").getdata()))
+    b = torch.tensor(list(Image.open(tmp_path / "imgs" / "k8" / "000000_c0.png").getdata()))
+    assert not torch.equal(a, b)  # more tokens, a different (finer) image
+    main(["sample", "--tokenizer", tok, "--generator", gen, "--budget", "4", "--num", "2",
+          "--out", str(tmp_path / "one.png")])
+    assert Image.open(tmp_path / "one.png").size == (2 * 17 + 1, 3 * 17 + 1)  # all 3 classes by default
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_same_seed_same_images_on_one_and_two_processes(models, tmp_path):
+    tok, gen = models
+    args = ["--tokenizer", tok, "--generator", gen, "--budgets", "2,8", "--num", "5", "--batch-size", "4",
+            "--cfg", "2.0", "--top-k", "50", "--device", "cpu", "--seed", "3"]
+    script = os.path.join(ROOT, "sample", "images.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # 2 CPU processes, also on GPU hosts
+    one = subprocess.run([sys.executable, script, *args, "--out", str(tmp_path / "p1.png"),
+                          "--out-dir", str(tmp_path / "p1")], capture_output=True, text=True, env=env, timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    # accelerate's multi-process launcher (CPU-only machine: 2 processes on the gloo backend)
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", str(free_port()), script, *args,
+                          "--out", str(tmp_path / "p2.png"), "--out-dir", str(tmp_path / "p2")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("budget k=8") == 1  # only the main process writes the grid
+    for k in (2, 8):
+        assert (tmp_path / f"p1_k{k}.png").read_bytes() == (tmp_path / f"p2_k{k}.png").read_bytes()
+        names = sorted(os.listdir(tmp_path / "p1" / f"k{k}"))
+        assert len(names) == 15 and names == sorted(os.listdir(tmp_path / "p2" / f"k{k}"))
+        for name in names:
+            assert (tmp_path / "p1" / f"k{k}" / name).read_bytes() == (tmp_path / "p2" / f"k{k}" / name).read_bytes()
+    # a different seed gives different images
+    main(["sample", *args[:-2], "--seed", "4", "--out", str(tmp_path / "p3.png")])
+    assert (tmp_path / "p3_k8.png").read_bytes() != (tmp_path / "p1_k8.png").read_bytes()
+
+
+def test_bad_inputs_give_one_clear_error_each(tiny_config, models, tmp_path):
+    tok, gen = models
+    base = ["sample", "--tokenizer", tok, "--generator", gen, "--out", str(tmp_path / "x.png"), "--num", "1"]
+    assert "token budget 9 is above the tokenizer's K=8 (accepted 1..8)" in cli_error([*base, "--budget", "9"])
+    assert "token budget 12 is above the tokenizer's K=8" in cli_error([*base, "--budgets", "1,12"])
+    short = save_generator(tmp_path / "short.ckpt", tok, block_size=4)
+    msg = cli_error(["sample", "--tokenizer", tok, "--generator", short, "--budget", "6"])
+    assert "token budget 6 is above the generator's context block_size=4 (accepted 1..4)" in msg
+    assert "class id 3 is out of range: the generator has 3 classes (accepted 0..2)" in cli_error(
+        [*base, "--classes", "0,3"])
+    assert "class id -1 is out of range" in cli_error([*base, "--classes=-1"])
+
+    # generator trained on another tokenizer: other vocabulary, other K, same shape but other quantizer
+    big = save_tokenizer(tmp_path / "big.ckpt", tiny_config(quantizer={"kind": "fsq", "levels": [8, 5, 5, 5]}))
+    msg = cli_error(["sample", "--tokenizer", big, "--generator", gen])
+    assert "trained on another tokenizer: vocabulary of 125 codes, but tokenizer" in msg and "codebook_size=1000" in msg
+    long = save_tokenizer(tmp_path / "long.ckpt", tiny_config(num_tokens=16))
+    msg = cli_error(["sample", "--tokenizer", long, "--generator", gen])
+    assert "trained on another tokenizer: sequences of K=8 tokens, but tokenizer" in msg and "K=16" in msg
+    assert "tok.ckpt" in msg  # names the tokenizer it was trained on
+    same_size = save_tokenizer(tmp_path / "other_fsq.ckpt", tiny_config(quantizer={"kind": "fsq", "levels": [25, 5]}))
+    msg = cli_error(["sample", "--tokenizer", same_size, "--generator", gen])  # 125 codes and K = 8, other codes
+    assert "trained on another tokenizer: quantizer {'kind': 'fsq', 'levels': [5, 5, 5]}" in msg
+    assert "not a tokgen generator checkpoint" in cli_error(["sample", "--tokenizer", tok, "--generator", tok])
+    assert "checkpoint not found" in cli_error(["sample", "--tokenizer", tok, "--generator", str(tmp_path / "no")])
+    assert "--cfg-schedule 'cosine' is not accepted" in cli_error([*base, "--cfg-schedule", "cosine"])
+
+
+def test_other_weights_of_the_same_tokenizer_only_warn(tiny_config, models, tmp_path, capsys):
+    tok, gen = models
+    retrained = save_tokenizer(tmp_path / "retrained.ckpt", tiny_config(), seed=5)
+    main(["sample", "--tokenizer", retrained, "--generator", gen, "--num", "1", "--out", str(tmp_path / "w.png")])
+    assert "warning: tokenizer" in capsys.readouterr().err
+
+
+class AlwaysZero(torch.nn.Module):
+    """A stand-in classifier in the `tokgen train-features` file format that labels every image class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+    @torch.jit.export
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 3)
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_classifier_accuracy_per_budget(models, tmp_path):
+    import json
+
+    tok, gen = models
+    path = str(tmp_path / "clf.pt")
+    torch.jit.save(torch.jit.script(AlwaysZero()), path, _extra_files={"tokgen_extractor.json": '{"name": "test"}'})
+    from tokgen.commands.sample import main as sample_main
+
+    result = sample_main(["--tokenizer", tok, "--generator", gen, "--budgets", "2,8", "--classes", "0,1,2",
+                   "--num", "2", "--out", str(tmp_path / "c.png"), "--classifier", path,
+                   "--metrics-json", str(tmp_path / "m.json")])
+    assert result["accuracy"] == {2: pytest.approx(1 / 3), 8: pytest.approx(1 / 3)}
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["accuracy"] == {"2": pytest.approx(1 / 3), "8": pytest.approx(1 / 3)} and report["classes"] == [0, 1, 2]

@@ -1,0 +1,1 @@
+"""Implementations of tokgen subcommands (tokenize, sample, eval, ...), registered in tokgen.cli.COMMANDS."""

@@ -1,0 +1,198 @@
+"""``tokgen eval``: score a tokenizer at several token budgets (rFID, PSNR, SSIM, LPIPS), or sample folders (gFID).
+
+    tokgen eval --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --budgets 1,2,4,8,16,32 \
+        --metrics psnr,ssim --feature-extractor features_fmnist.pt --out runs/fmnist_small/eval/fmnist.json
+    tokgen eval --samples k32=samples/k32 --data fmnist --feature-extractor features_fmnist.pt --out gfid.json
+
+Writes the JSON report, a Markdown table (also printed), a plot of each metric against k and a grid of
+reconstructions next to ``--out``. The protocol is in ``tokgen.metrics.evaluate``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from ..metrics.datasets import DATA_ACCEPTED, SampleFolder, build_data
+from ..metrics.evaluate import PAIRED_METRICS, evaluate_samples, evaluate_tokenizer, write_report
+from ..metrics.features import FeatureExtractor
+from ..metrics.fid import InceptionFeatures, RealStatsCache, default_cache_dir
+
+METRICS = ("fid", *PAIRED_METRICS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokgen eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("what to score (one of)")
+    src.add_argument("--ckpt", help="tokenizer checkpoint (tokgen fit's .ckpt): reconstruction metrics per budget")
+    src.add_argument("--samples", action="append", metavar="[LABEL=]DIR",
+                     help="folder of generated images scored against --data (gFID); repeat for several sets")
+    p.add_argument("--data", required=True, help=f"real images: {DATA_ACCEPTED}")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split of --data (default test)")
+    p.add_argument("--image-size", type=int, help="side of shapes/fmnist/folder images (default: the tokenizer's; "
+                   "32 with --samples); must match the tokenizer")
+    p.add_argument("--data-root", default="data", help="root folder of fmnist (default ./data)")
+    p.add_argument("--budgets", help="comma-separated token budgets, e.g. 1,2,4,8 (default: powers of 2 up to K, and K)")
+    p.add_argument("--metrics", help="comma-separated, from fid,psnr,ssim,lpips (default fid,psnr,ssim,lpips; with "
+                   "--feature-extractor psnr,ssim,lpips; with --samples fid). Each --feature-extractor always adds "
+                   "its own Fréchet metric (e.g. fid_fmnist)")
+    p.add_argument("--feature-extractor", action="append", default=[], metavar="FILE",
+                   help="TorchScript feature model (e.g. from tokgen train-features): Fréchet distance in its feature "
+                   "space, reported under its own name")
+    p.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity Inception weights for fid (default: the "
+                   "torch hub cache)")
+    p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default alex)")
+    p.add_argument("--num-images", type=int, help="first N images of the split (default: all)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--out", help="report JSON path (default: <run>/eval/<data>_<split>.json for --ckpt, "
+                   "./gfid_<data>_<split>.json for --samples)")
+    p.add_argument("--stats-cache", default=None, help=f"folder of cached real-image statistics (default "
+                   f"$TOKGEN_CACHE/fid_stats or {default_cache_dir()})")
+    p.add_argument("--no-stats-cache", action="store_true", help="always recompute the real-image statistics")
+    p.add_argument("--grid-images", type=int, default=8, help="images per row in the reconstruction grid")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_list(text: str, name: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--{name} is empty; give a comma-separated list")
+    return items
+
+
+def parse_budgets(text: str | None, K: int) -> list[int]:
+    if text is None:
+        budgets = [2**i for i in range(K.bit_length()) if 2**i <= K]
+        return budgets if budgets[-1] == K else budgets + [K]
+    budgets = []
+    for item in parse_list(text, "budgets"):
+        if not item.isdigit() or not 1 <= int(item) <= K:
+            raise ValueError(f"--budgets: {item!r} is not an accepted token budget; this tokenizer accepts integers 1..{K}")
+        budgets.append(int(item))
+    return sorted(set(budgets))
+
+
+def parse_samples(items: list[str]) -> dict[str, str]:
+    sets = {}
+    for item in items:
+        label, sep, folder = item.partition("=")
+        if not sep:
+            label, folder = os.path.basename(os.path.normpath(item)) or item, item
+        if label in sets:
+            raise ValueError(f"--samples label {label!r} is used twice; name the sets LABEL=DIR")
+        sets[label] = folder
+    return sets
+
+
+def data_name(spec: str) -> str:
+    if spec.startswith("folder:"):
+        return os.path.basename(os.path.normpath(spec[len("folder:"):])) or "folder"
+    return os.path.splitext(os.path.basename(spec))[0]
+
+
+def default_out(args) -> str:
+    name = f"{data_name(args.data)}_{args.split}"
+    if args.ckpt:
+        folder = os.path.dirname(os.path.abspath(args.ckpt))
+        run = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+        return os.path.join(run, "eval", f"{name}.json")
+    return f"gfid_{name}.json"
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    if bool(args.ckpt) == bool(args.samples):
+        raise ValueError("give exactly one of --ckpt (reconstructions per budget) or --samples (generated images)")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.num_images is not None and args.num_images < 2:
+        raise ValueError(f"--num-images must be >= 2 (a covariance needs two images), got {args.num_images}")
+
+    if args.metrics is None:
+        if args.samples:
+            metrics = [] if args.feature_extractor else ["fid"]
+        else:
+            metrics = (["psnr", "ssim", "lpips"] if args.feature_extractor else list(METRICS))
+    else:
+        metrics = parse_list(args.metrics, "metrics")
+    extractor_names_ok = set()
+
+    # Load the model first (missing/corrupt checkpoint, budgets), then metric networks, then data.
+    tokenizer = None
+    if args.ckpt:
+        from ..tokenizers import Tokenizer1D
+
+        tokenizer = Tokenizer1D.from_checkpoint(args.ckpt, use_ema=not args.no_ema).to(args.device)
+        budgets = parse_budgets(args.budgets, tokenizer.num_tokens)
+        image_size, channels = tokenizer.config.image_size, tokenizer.config.channels
+        if args.image_size is not None and args.image_size != image_size:
+            raise ValueError(f"mismatched image size: --image-size {args.image_size} but checkpoint {args.ckpt} "
+                             f"encodes {image_size}x{image_size} images; accepted: --image-size {image_size} or none")
+    else:
+        image_size, channels = args.image_size, None
+
+    extractors = []
+    probe = (channels or 3, image_size or 32)
+    for path in args.feature_extractor:
+        extractor = FeatureExtractor(path, probe=probe)
+        extractor_names_ok.add(extractor.metric_name)
+        extractors.append(extractor)
+    accepted = (*METRICS, *sorted(extractor_names_ok))
+    bad = [m for m in metrics if m not in accepted]
+    if bad:
+        raise ValueError(f"--metrics: {', '.join(map(repr, bad))} not accepted; accepted: {', '.join(accepted)}")
+    if args.samples:
+        paired = [m for m in metrics if m in PAIRED_METRICS]
+        if paired:
+            raise ValueError(f"--metrics {','.join(paired)} compare image pairs and need --ckpt; with --samples "
+                             f"accepted: fid, {', '.join(sorted(extractor_names_ok)) or '(feature extractor names)'}")
+    if "fid" in metrics:
+        extractors.insert(0, InceptionFeatures(args.inception_weights))
+    lpips_model = None
+    if "lpips" in metrics:
+        from ..lit.losses import build_lpips
+
+        lpips_model = build_lpips(args.lpips_net).to(args.device)
+
+    cache = None if args.no_stats_cache else RealStatsCache(args.stats_cache or default_cache_dir())
+    data = build_data(args.data, split=args.split, image_size=image_size, channels=channels,
+                      num_images=args.num_images, root=args.data_root)
+    if lpips_model is not None and args.lpips_net != "vgg" and data.image_size < 32:
+        raise ValueError(f"LPIPS-{args.lpips_net} needs images of at least 32x32, got {data.image_size}x{data.image_size}; "
+                         "use --lpips-net vgg for smaller images")
+    out = args.out or default_out(args)
+    progress = not args.no_progress
+
+    if tokenizer is not None:
+        paired = [m for m in metrics if m in PAIRED_METRICS]
+        report, grid = evaluate_tokenizer(tokenizer, data, budgets, paired, extractors, lpips_model,
+                                          batch_size=args.batch_size, num_workers=args.num_workers, cache=cache,
+                                          grid_images=args.grid_images, progress=progress)
+        report.info["checkpoint"] = os.path.abspath(args.ckpt)
+        report.info["weights"] = "raw" if args.no_ema else "ema (when present)"
+    else:
+        sets = {}
+        for label, folder in parse_samples(args.samples).items():
+            sets[label] = SampleFolder(folder, data.image_size, data.channels)
+        report = evaluate_samples(sets, data, extractors, batch_size=args.batch_size, num_workers=args.num_workers,
+                                  cache=cache, progress=progress, device=args.device)
+        grid = None
+    if "lpips" in metrics:
+        report.info["lpips_net"] = args.lpips_net
+    report.info["data_spec"] = args.data
+    report.info["split"] = args.split
+    report.info["command"] = "tokgen eval " + " ".join(argv)
+    paths = write_report(report, out, grid)
+    print(report.markdown())
+    sys.stdout.flush()
+    enc = report.info.get("encode")
+    if enc:
+        print(f"\nencode: {enc['images/s']:.0f} images/s ({enc['tokens/s']:.0f} tokens/s); {report.info['num_images']} images")
+    print("wrote " + ", ".join(paths.values()), file=sys.stderr)

@@ -1,0 +1,259 @@
+"""``tokgen sample``: class-conditional images from a generator + tokenizer at chosen token budgets.
+
+    tokgen sample --tokenizer runs/fmnist_small/checkpoints/last.ckpt \\
+        --generator runs/gen_fmnist_small/checkpoints/last.ckpt --budgets 1,4,16,32 --classes 0,3,7 \\
+        --num 8 --cfg 2.0 --seed 0 --out samples.png [--out-dir samples/]
+
+Writes one PNG grid per budget (rows = classes, columns = the first ``--grid-cols`` samples of each class;
+``samples_k4.png`` etc. when several budgets are asked for) and, with ``--out-dir``, every sample as
+``<out-dir>/k<budget>/<index>_c<class>.png`` (for gFID).
+
+Distributed: ``accelerate launch --multi_gpu --num_processes N sample/images.py <same args>`` (or
+``torchrun --nproc_per_node N sample/images.py ...``) splits the batches over processes (accelerate's
+``split_between_processes``) and gathers the grid on the main process; on a machine without GPUs the same
+command runs N CPU processes on the gloo backend (``accelerate launch --cpu`` would start only one).
+Sample i is drawn from uniforms derived from ``(seed, i)`` and batches are fixed slices of the sample list,
+so the images are the same whatever the number of processes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from ..generator import CFG_SCHEDULES, GPT, check_generator_tokenizer, generate, sample_uniforms
+
+
+def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (`tokgen fit` with TokenizerModule)")
+    p.add_argument("--generator", required=True, help="generator checkpoint (`tokgen fit` with GeneratorModule)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=int, default=None, help="token budget k (default: the full K)")
+    budget.add_argument("--budgets", default=None, help="several budgets, comma separated, e.g. 1,4,16")
+    p.add_argument("--classes", default=None,
+                   help="class ids, comma separated (default: every class; unconditional generators take none)")
+    p.add_argument("--num", type=int, default=8, help="samples per class (unconditional: in total); default 8")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off); default 1")
+    p.add_argument("--cfg-schedule", default="constant", help=f"one of {', '.join(CFG_SCHEDULES)}")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy); default 1")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--eos", action="store_true", help="stop at end-of-sequence (generators trained with use_eos)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses randomness derived from (seed, i)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per generation batch (default 64)")
+    p.add_argument("--out", default="samples.png", help="grid PNG (suffixed _k<budget> for several budgets)")
+    p.add_argument("--out-dir", default=None, help="also write every sample as a PNG under this folder")
+    p.add_argument("--grid-cols", type=int, default=16, help="at most this many samples per class in the grid")
+    p.add_argument("--device", default="auto", help="auto | cpu (auto = the process's accelerator if any)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: cores / processes)")
+    p.add_argument("--no-ema", action="store_true", help="raw instead of EMA weights (both models)")
+    p.add_argument("--classifier", default=None,
+                   help="TorchScript classifier with classify(x) (`tokgen train-features`): report the share of "
+                        "samples labelled as their conditioning class, per budget")
+    p.add_argument("--metrics-json", default=None, help="write the per-budget accuracy (and settings) as JSON")
+    return p
+
+
+def parse_int_list(name: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} {text!r} must be comma-separated integers, e.g. 1,4,16") from None
+    if not values:
+        raise ValueError(f"{name} {text!r} is empty")
+    return values
+
+
+def resolve_budgets(args, tokenizer_k: int, block_size: int) -> list[int]:
+    if args.budgets is not None:
+        budgets = sorted(set(parse_int_list("--budgets", args.budgets)))
+    else:
+        budgets = [args.budget if args.budget is not None else min(tokenizer_k, block_size)]
+    for k in budgets:
+        if k < 1:
+            raise ValueError(f"token budget {k} must be >= 1")
+        if k > tokenizer_k:
+            raise ValueError(f"token budget {k} is above the tokenizer's K={tokenizer_k} (accepted 1..{tokenizer_k})")
+        if k > block_size:
+            raise ValueError(f"token budget {k} is above the generator's context block_size={block_size} "
+                             f"(accepted 1..{block_size})")
+    return budgets
+
+
+def resolve_classes(args, num_classes: int) -> list[int | None]:
+    if num_classes == 0:
+        if args.classes is not None:
+            raise ValueError(f"--classes {args.classes} given, but the generator is unconditional (num_classes=0)")
+        return [None]
+    classes = parse_int_list("--classes", args.classes) if args.classes is not None else list(range(num_classes))
+    for c in classes:
+        if not 0 <= c < num_classes:
+            raise ValueError(f"class id {c} is out of range: the generator has {num_classes} classes "
+                             f"(accepted 0..{num_classes - 1})")
+    return classes
+
+
+def load_classifier(path: str, channels: int, size: int):
+    """A `tokgen train-features` TorchScript file (must export ``classify``), wrapped for uint8 images."""
+    from ..metrics.features import FeatureExtractor
+
+    extractor = FeatureExtractor(path, probe=(channels, size))
+    if not hasattr(extractor.net, "classify"):
+        raise ValueError(f"--classifier {path} has no classify() method; write one with `tokgen train-features`")
+    return extractor
+
+
+@torch.no_grad()
+def classify(extractor, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> predicted classes (B,), with the extractor's own input adaptation (FeatureExtractor)."""
+    x = images.float() / 255
+    if extractor.channels is not None and x.shape[1] != extractor.channels:
+        x = x.mean(1, keepdim=True) if extractor.channels == 1 else x.expand(-1, extractor.channels, -1, -1)
+    if extractor.input_size is not None and tuple(x.shape[-2:]) != (extractor.input_size, extractor.input_size):
+        x = torch.nn.functional.interpolate(x, size=(extractor.input_size,) * 2, mode="bilinear", antialias=True,
+                                            align_corners=False)
+    return extractor.net.classify(x).argmax(-1)
+
+
+def budget_path(out: str, budget: int, several: bool) -> str:
+    if not several:
+        return out
+    stem, ext = os.path.splitext(out)
+    return f"{stem}_k{budget}{ext or '.png'}"
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Sample, write the PNGs; returns {"grids": {budget: path}, "accuracy": {budget: share}} on the main process
+    ({} elsewhere); accuracy only with ``--classifier``."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from ..metrics import to_unit
+    from ..tokenizers import Tokenizer1D
+
+    for name in ("num", "batch_size", "grid_cols"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"--cfg-schedule {args.cfg_schedule!r} is not accepted; use one of {', '.join(CFG_SCHEDULES)}")
+    if args.device not in ("auto", "cpu"):
+        raise ValueError(f"--device {args.device!r} is not accepted; use auto or cpu (accelerate picks the GPU)")
+    # without cpu=True accelerate treats a CPU-only multi-process launch as single-process (duplicate work)
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise ValueError(f"launched {launched} processes but accelerate sees {state.num_processes}; "
+                         f"check the launcher (e.g. `accelerate launch --multi_gpu --num_processes N` or torchrun)")
+    if state.device.type == "cpu":
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // state.num_processes))
+    device = state.device
+
+    tokenizer = Tokenizer1D.from_checkpoint(args.tokenizer, use_ema=not args.no_ema).to(device)
+    model = GPT.from_checkpoint(args.generator, use_ema=not args.no_ema).to(device)
+    check_generator_tokenizer(model, tokenizer, args.tokenizer, args.generator)
+    c = model.config
+    budgets = resolve_budgets(args, tokenizer.num_tokens, c.block_size)
+    classes = resolve_classes(args, c.num_classes)
+    if args.cfg != 1.0 and c.num_classes == 0:
+        raise ValueError(f"--cfg {args.cfg} needs a class-conditional generator; this one is unconditional")
+    if args.eos and not c.use_eos:
+        raise ValueError("--eos needs a generator trained with use_eos: true")
+
+    classifier = None
+    if args.classifier:
+        if classes == [None]:
+            raise ValueError("--classifier needs a class-conditional generator (it checks the conditioning class)")
+        classifier = load_classifier(args.classifier, tokenizer.config.channels, tokenizer.config.image_size)
+
+    # the sample list: sample i has class labels[i]; batches are fixed slices of it
+    labels = [cls for cls in classes for _ in range(args.num)]
+    batches = [list(range(s, min(len(labels), s + args.batch_size))) for s in range(0, len(labels), args.batch_size)]
+    grid_members = {i for i in range(len(labels)) if i % args.num < args.grid_cols}
+    # one generation at the largest budget serves every budget (prefixes) unless the schedule depends on k
+    shared = args.cfg_schedule == "constant" or args.cfg == 1.0
+    shared = shared and not args.eos
+    runs = [max(budgets)] if shared else budgets
+
+    grid: dict[int, list] = {b: [] for b in budgets}
+    hits: dict[int, list] = {b: [0, 0] for b in budgets}  # correct, total (with --classifier)
+    with state.split_between_processes(batches) as my_batches:
+        for idx in my_batches:
+            u = sample_uniforms(args.seed, idx, max(budgets) * c.draws_per_token)
+            lab = None if classes == [None] else torch.tensor([labels[i] for i in idx], device=device)
+            outputs = {}
+            for k in runs:
+                codes, lengths = generate(
+                    model, lab, k, batch_size=len(idx), cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule,
+                    temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                    stop_at_eos=args.eos, uniforms=u)
+                outputs[k] = (codes, lengths)
+            for b in budgets:
+                codes, lengths = outputs[b] if b in outputs else outputs[runs[0]]
+                codes, lengths = codes[:, :b], lengths.clamp(max=b)
+                with torch.no_grad():
+                    if args.eos:
+                        latents = tokenizer.quantizer.codes_to_latents(codes)
+                        images = tokenizer.decode_latents(latents, keep=lengths)
+                    else:
+                        images = tokenizer.decode(codes)
+                images = (to_unit(images) * 255).round().to(torch.uint8).cpu()
+                if classifier is not None:
+                    predicted = classify(classifier, images)
+                    hits[b][0] += int((predicted == torch.tensor([labels[i] for i in idx])).sum())
+                    hits[b][1] += len(idx)
+                for j, i in enumerate(idx):
+                    if args.out_dir:
+                        folder = os.path.join(args.out_dir, f"k{b}")
+                        os.makedirs(folder, exist_ok=True)
+                        name = f"{i:06d}.png" if labels[i] is None else f"{i:06d}_c{labels[i]}.png"
+                        _save_png(images[j], os.path.join(folder, name), Image)
+                    if i in grid_members:
+                        grid[b].append((i, images[j]))
+
+    written, accuracy = {}, {}
+    for b in budgets:
+        members = gather_object(grid[b]) if state.num_processes > 1 else grid[b]
+        counts = gather_object([hits[b]]) if state.num_processes > 1 else [hits[b]]
+        if classifier is not None:
+            accuracy[b] = sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
+        if state.is_main_process:
+            members = sorted(members, key=lambda m: m[0])
+            images = torch.stack([m[1] for m in members])
+            nrow = min(args.num, args.grid_cols)
+            path = budget_path(args.out, b, len(budgets) > 1)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            _save_png(make_grid(images, nrow=nrow, padding=1, pad_value=255), path, Image)
+            written[b] = path
+            print(f"budget k={b}: {len(labels)} samples, grid {path}"
+                  + (f", images {os.path.join(args.out_dir, f'k{b}')}" if args.out_dir else "")
+                  + (f", classifier accuracy {accuracy[b]:.3f}" if classifier is not None else ""))
+    if state.is_main_process and args.metrics_json:
+        report = {"tokenizer": args.tokenizer, "generator": args.generator, "classifier": args.classifier,
+                  "samples_per_budget": len(labels), "classes": classes, "cfg": args.cfg,
+                  "cfg_schedule": args.cfg_schedule, "temperature": args.temperature, "top_k": args.top_k,
+                  "top_p": args.top_p, "seed": args.seed, "grids": {str(b): p for b, p in written.items()},
+                  "accuracy": {str(b): a for b, a in accuracy.items()}}
+        os.makedirs(os.path.dirname(os.path.abspath(args.metrics_json)), exist_ok=True)
+        with open(args.metrics_json, "w") as f:
+            json.dump(report, f, indent=1)
+    state.wait_for_everyone()
+    return {"grids": written, "accuracy": accuracy} if state.is_main_process else {}
+
+
+def _save_png(image: torch.Tensor, path: str, Image) -> None:
+    """uint8 (C, H, W) -> PNG (grey when C = 1)."""
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(path)
+
+
+def main(argv: list[str], prog: str = "tokgen sample") -> dict:
+    return run(build_parser(prog).parse_args(argv))

@@ -1,0 +1,223 @@
+"""``tokgen tokenize``: encode a dataset split once into token shards for generator training.
+
+    tokgen tokenize --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --split train \\
+        --out tokens/fmnist_small/train
+
+``--data`` is a name (``shapes``, ``fmnist``, ``folder:PATH``), a YAML/JSON file holding a datamodule spec
+(``{class_path, init_args}``, or a whole training recipe whose ``data:`` section is used), or that spec
+inline. Image size and channels come from the tokenizer. Items are encoded in dataset order with
+augmentation off; shard i holds items [i * shard_size, (i + 1) * shard_size). Re-running the same command
+skips the shards already written, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+
+import torch
+import yaml
+from lightning import LightningDataModule
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from ..data.tokens import FORMAT, FORMAT_VERSION, INDEX_NAME, code_dtype, shard_name
+from ..generator.compat import tokenizer_identity
+
+SPLITS = ("train", "val", "test")
+NAMES = {
+    "shapes": "tokgen.data.ShapesDataModule",
+    "fmnist": "tokgen.data.FashionMNISTDataModule",
+    "folder": "tokgen.data.ImageFolderDataModule",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokgen tokenize", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="tokenizer checkpoint written by `tokgen fit`")
+    p.add_argument("--data", required=True,
+                   help="shapes | fmnist | folder:PATH | a YAML/JSON datamodule spec or recipe file | inline spec")
+    p.add_argument("--split", default="train", help=f"one of {', '.join(SPLITS)} (default train)")
+    p.add_argument("--out", required=True, help="output folder (index.json + shard_*.safetensors)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
+    p.add_argument("--shard-size", type=int, default=10000, help="examples per shard file (default 10000)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="encode only the first N items (smoke tests)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------- data spec
+def parse_data_spec(spec: str, image_size: int, channels: int) -> dict:
+    """--data value -> {"class_path": ..., "init_args": {...}} with the tokenizer's image size filled in."""
+    name, _, arg = spec.partition(":")
+    if name in NAMES and (name == "folder") == bool(arg):
+        init = {"root": arg} if name == "folder" else {}
+        resolved = {"class_path": NAMES[name], "init_args": init}
+    elif os.path.isfile(spec):
+        with open(spec) as f:
+            loaded = yaml.safe_load(f)  # YAML is a superset of JSON
+        resolved = loaded.get("data", loaded) if isinstance(loaded, dict) else None
+    elif spec.lstrip().startswith("{"):
+        resolved = yaml.safe_load(spec)
+    elif spec.endswith((".yaml", ".yml", ".json")):
+        raise FileNotFoundError(f"--data file not found: {spec}")
+    else:
+        raise ValueError(
+            f"--data {spec!r} is not accepted; use shapes, fmnist, folder:PATH, a YAML/JSON file with a "
+            f"datamodule spec (class_path + init_args) or a recipe with a data: section, or an inline spec"
+        )
+    if not isinstance(resolved, dict) or "class_path" not in resolved:
+        raise ValueError(f"--data {spec!r} holds no datamodule spec: expected class_path and init_args")
+    resolved = {"class_path": resolved["class_path"], "init_args": dict(resolved.get("init_args") or {})}
+    if "." not in resolved["class_path"]:
+        resolved["class_path"] = f"tokgen.data.{resolved['class_path']}"
+    cls = _import_class(resolved["class_path"])
+    params = inspect.signature(cls.__init__).parameters
+    init = resolved["init_args"]
+    for key, want in (("image_size", image_size), ("channels", channels)):
+        if key not in params:
+            continue
+        if key in init and init[key] != want:
+            raise ValueError(f"--data has {key}={init[key]} but the tokenizer expects {key}={want}; "
+                             f"set init_args.{key}: {want} or leave it out")
+        init[key] = want
+    return resolved
+
+
+def _import_class(path: str):
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"datamodule class {path!r} cannot be imported; e.g. tokgen.data.FashionMNISTDataModule") from None
+    if not (inspect.isclass(cls) and issubclass(cls, LightningDataModule)):
+        raise ValueError(f"{path!r} is not a LightningDataModule class")
+    return cls
+
+
+def build_split(spec: dict, split: str):
+    """Instantiate the datamodule and return (dataset of the split, datamodule)."""
+    dm = _import_class(spec["class_path"])(**spec["init_args"])
+    dm.prepare_data()
+    dm.setup("fit" if split in ("train", "val") else "test")
+    dataset = getattr(dm, f"{split}_set", None)
+    if dataset is None:
+        raise ValueError(f"datamodule {spec['class_path']} has no {split} split")
+    if getattr(dataset, "random_flip", False):  # tokens must be a pure function of the item index
+        dataset.random_flip = False
+    return dataset, dm
+
+
+# ---------------------------------------------------------------------------------------------------- shards
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _shard_ok(path: str, expected: int) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return f.get_slice("codes").get_shape()[0] == expected
+    except Exception:
+        return False
+
+
+def _encode(tokenizer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> codes (B, K) int64 and lengths (B,): halting tokenizers may return fewer tokens per image."""
+    if hasattr(tokenizer, "encode_with_lengths"):
+        return tokenizer.encode_with_lengths(images)
+    codes = tokenizer.encode(images)
+    return codes, torch.full((codes.shape[0],), codes.shape[1], dtype=torch.long, device=codes.device)
+
+
+def tokenize(args: argparse.Namespace) -> dict:
+    from ..tokenizers import Tokenizer1D
+
+    if args.split not in SPLITS:
+        raise ValueError(f"--split {args.split!r} is not accepted; use one of {', '.join(SPLITS)}")
+    for name in ("batch_size", "shard_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    tokenizer = Tokenizer1D.from_checkpoint(args.ckpt, use_ema=not args.no_ema).to(device)
+    if tokenizer.quantizer.codebook_size is None:
+        raise ValueError(f"tokenizer {args.ckpt} has continuous tokens (identity quantizer); token shards need codes")
+    spec = parse_data_spec(args.data, tokenizer.config.image_size, tokenizer.config.channels)
+    dataset, dm = build_split(spec, args.split)
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    if n < 1:
+        raise ValueError(f"the {args.split} split of {args.data!r} is empty")
+
+    identity = tokenizer_identity(tokenizer, args.ckpt)
+    meta = {
+        "format": FORMAT, "version": FORMAT_VERSION, "split": args.split, "data": json.loads(json.dumps(spec)),
+        "num_examples": n,
+        "shard_size": args.shard_size, "num_shards": -(-n // args.shard_size),
+        "num_tokens": tokenizer.num_tokens, "codebook_size": tokenizer.quantizer.codebook_size,
+        "num_classes": int(getattr(dm, "num_classes", 0) or 0), "code_dtype": str(code_dtype(tokenizer.quantizer.codebook_size)),
+        "tokenizer": identity,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    index_path = os.path.join(args.out, INDEX_NAME)
+    if os.path.isfile(index_path):  # resume: the folder must hold tokens of the same tokenizer, data and sharding
+        with open(index_path) as f:
+            old = json.load(f)
+        for key in ("format", "split", "data", "num_examples", "shard_size", "num_tokens", "codebook_size"):
+            if old.get(key) != meta[key]:
+                raise ValueError(f"{args.out} holds token shards made with another {key} ({old.get(key)!r}, now "
+                                 f"{meta[key]!r}); use a new --out folder or delete it")
+        if old.get("tokenizer", {}).get("fingerprint") != identity["fingerprint"]:
+            raise ValueError(f"{args.out} holds token shards of another tokenizer (fingerprint "
+                             f"{old.get('tokenizer', {}).get('fingerprint')}, now {identity['fingerprint']}); "
+                             f"use a new --out folder or delete it")
+    shards, todo = [], []
+    for i in range(meta["num_shards"]):
+        start, end = i * args.shard_size, min(n, (i + 1) * args.shard_size)
+        path = os.path.join(args.out, shard_name(i))
+        (shards if _shard_ok(path, end - start) else todo).append({"file": shard_name(i), "num_examples": end - start,
+                                                                   "start": start})
+    meta["shards"], meta["complete"] = sorted(shards, key=lambda s: s["file"]), not todo
+    _write_json(index_path, meta)
+
+    dtype = code_dtype(tokenizer.quantizer.codebook_size)
+    bar = tqdm(total=n, initial=sum(s["num_examples"] for s in shards), unit="img", desc=f"tokenize {args.split}",
+               disable=args.no_progress)
+    with torch.inference_mode():
+        for shard in todo:
+            items = range(shard["start"], shard["start"] + shard["num_examples"])
+            loader = DataLoader(Subset(dataset, items), batch_size=args.batch_size, shuffle=False,
+                                num_workers=args.num_workers)
+            codes, lengths, labels = [], [], []
+            for batch in loader:
+                c, l = _encode(tokenizer, batch["image"].to(device))
+                codes.append(c.cpu().to(dtype))
+                lengths.append(l.cpu().to(torch.int32))
+                labels.append(batch["label"].to(torch.int64))
+                bar.update(len(c))
+            path = os.path.join(args.out, shard["file"])
+            save_file({"codes": torch.cat(codes).contiguous(), "lengths": torch.cat(lengths),
+                       "labels": torch.cat(labels)}, f"{path}.tmp", metadata={"start": str(shard["start"])})
+            os.replace(f"{path}.tmp", path)
+            meta["shards"] = sorted(meta["shards"] + [shard], key=lambda s: s["file"])
+            meta["complete"] = len(meta["shards"]) == meta["num_shards"]
+            _write_json(index_path, meta)
+    bar.close()
+    return meta
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    meta = tokenize(args)
+    print(f"wrote {meta['num_examples']} x {meta['num_tokens']} codes ({meta['num_shards']} shards, "
+          f"codebook {meta['codebook_size']}) to {args.out}")

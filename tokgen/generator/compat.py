@@ -1,0 +1,83 @@
+"""Which tokenizer a generator speaks: an identity recorded with token shards and generator checkpoints, and
+the checks run before sampling (vocabulary size, K, quantizer, weights fingerprint)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import torch
+from torch import nn
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """Short sha256 of every parameter and buffer (names, shapes and bytes), in state-dict order."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def tokenizer_identity(tokenizer, checkpoint: str | None = None) -> dict:
+    """What a generator must know about the tokenizer whose codes it models."""
+    return {
+        "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+        "codebook_size": int(tokenizer.quantizer.codebook_size),
+        "num_tokens": int(tokenizer.num_tokens),
+        "config": tokenizer.config.to_dict(),
+        "fingerprint": weights_fingerprint(tokenizer),
+    }
+
+
+def _code_space(quantizer: dict | None) -> dict | None:
+    """The quantizer settings that define what a code means (kind and FSQ levels); other settings may be
+    added to the config over time without changing the codes."""
+    if not quantizer:
+        return None
+    levels = quantizer.get("levels")
+    return {"kind": quantizer.get("kind"), "levels": [int(v) for v in levels] if levels else None}
+
+
+def check_generator_tokenizer(generator, tokenizer, tokenizer_path: str = "the tokenizer", generator_path: str = "the generator") -> None:
+    """Raise ValueError when the generator was trained on codes of a different tokenizer.
+
+    Vocabulary size, K and the quantizer must match (errors); a different weights fingerprint with the
+    same architecture (e.g. a later checkpoint of the same run) only prints a warning.
+    """
+    if tokenizer.quantizer.codebook_size is None:
+        raise ValueError(f"tokenizer {tokenizer_path} has continuous tokens; the generator needs a discrete quantizer")
+    have = {"codebook_size": int(tokenizer.quantizer.codebook_size), "num_tokens": int(tokenizer.num_tokens)}
+    info = getattr(generator, "tokenizer_info", None) or {}
+    trained = {"codebook_size": info.get("codebook_size", generator.config.vocab_size),
+               "num_tokens": info.get("num_tokens")}
+    hint = "sample with the tokenizer checkpoint the generator's token shards were made with"
+    if info.get("checkpoint"):
+        hint += f" ({info['checkpoint']})"
+    if generator.config.vocab_size != have["codebook_size"] or trained["codebook_size"] != have["codebook_size"]:
+        raise ValueError(
+            f"generator {generator_path} was trained on another tokenizer: vocabulary of "
+            f"{generator.config.vocab_size} codes, but tokenizer {tokenizer_path} has codebook_size="
+            f"{have['codebook_size']}; {hint}"
+        )
+    if trained["num_tokens"] is not None and trained["num_tokens"] != have["num_tokens"]:
+        raise ValueError(
+            f"generator {generator_path} was trained on another tokenizer: sequences of K={trained['num_tokens']} "
+            f"tokens, but tokenizer {tokenizer_path} has K={have['num_tokens']}; {hint}"
+        )
+    trained_space = _code_space((info.get("config") or {}).get("quantizer"))
+    have_space = _code_space(tokenizer.config.to_dict().get("quantizer"))
+    if trained_space is not None and trained_space != have_space:
+        raise ValueError(
+            f"generator {generator_path} was trained on another tokenizer: quantizer {trained_space}, "
+            f"but tokenizer {tokenizer_path} has {have_space}; {hint}"
+        )
+    fingerprint = weights_fingerprint(tokenizer) if info.get("fingerprint") else None
+    if fingerprint and info["fingerprint"] != fingerprint:
+        print(
+            f"warning: tokenizer {tokenizer_path} has other weights (fingerprint {fingerprint}) "
+            f"than the one generator {generator_path} was trained on ({info['fingerprint']}); codes may mean "
+            f"something else",
+            file=sys.stderr,
+        )

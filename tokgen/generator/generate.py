@@ -1,0 +1,204 @@
+"""Sampling codes from a :class:`~tokgen.generator.model.GPT`: KV-cached decoding, temperature / top-k /
+top-p, classifier-free guidance (constant or linear schedule), a fixed budget k or stop at end-of-sequence.
+
+Randomness is explicit: every generated token t of row b is drawn by inverse-CDF sampling with one uniform
+number ``uniforms[b, t]``. :func:`sample_uniforms` derives them from ``(seed, sample index)`` only, so a
+sample is the same whatever batch or process it is generated in, and the codes for budget k are the prefix
+of the codes for any larger budget (with the constant CFG schedule).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .model import GPT
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+# ---------------------------------------------------------------------------------------------------- randomness
+def sample_seed(seed: int, index: int) -> int:
+    """A 64-bit seed for sample ``index`` of a run seeded with ``seed`` (independent streams per sample)."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed={seed} and sample index={index} must be non-negative integers")
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0])
+
+
+def sample_uniforms(seed: int, indices: Sequence[int], num_steps: int) -> torch.Tensor:
+    """(len(indices), num_steps) uniforms in [0, 1); row i depends only on (seed, indices[i])."""
+    rows = [torch.rand(num_steps, generator=torch.Generator().manual_seed(sample_seed(seed, int(i))))
+            for i in indices]
+    return torch.stack(rows) if rows else torch.empty(0, num_steps)
+
+
+# ---------------------------------------------------------------------------------------------------- one token
+def sample_next(
+    logits: torch.Tensor,
+    u: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """logits (B, V), uniforms u (B,) -> sampled ids (B,). temperature 0 = greedy (argmax)."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        # keep the smallest set of most likely tokens whose mass reaches top_p; sample in sorted order
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs > top_p, 0.0)
+        return order.gather(-1, _inverse_cdf(sorted_probs, u)[:, None]).squeeze(-1)
+    return _inverse_cdf(probs, u)
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index of the first category whose cumulative mass exceeds u * total (zero-mass categories never win)."""
+    cdf = probs.cumsum(dim=-1)
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def cfg_scale_at(step: int, num_steps: int, scale: float, schedule: str) -> float:
+    """Guidance scale for token ``step`` (0-based) of ``num_steps``.
+
+    constant: ``scale`` for every token. linear: grows from ~1 to ``scale`` over the sequence,
+    ``1 + (scale - 1) * (step + 1) / num_steps``.
+    """
+    if schedule == "constant":
+        return scale
+    return 1.0 + (scale - 1.0) * (step + 1) / num_steps
+
+
+# ---------------------------------------------------------------------------------------------------- generate
+@torch.no_grad()
+def generate(
+    model: GPT,
+    labels: torch.Tensor | None,
+    num_tokens: int,
+    *,
+    batch_size: int | None = None,
+    cfg_scale: float = 1.0,
+    cfg_schedule: str = "constant",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_at_eos: bool = False,
+    uniforms: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``num_tokens`` codes per row.
+
+    Args:
+        labels: (B,) class ids in 0..num_classes-1 (None for an unconditional model; give ``batch_size``).
+        num_tokens: the token budget k (1..block_size); with ``stop_at_eos`` the upper bound.
+        cfg_scale: classifier-free guidance; 1 = off. Conditional and null-class rows run as one batch of 2B.
+        cfg_schedule: "constant" or "linear" (see :func:`cfg_scale_at`).
+        temperature, top_k, top_p: logit temperature (0 = greedy), keep the k most likely / the nucleus.
+        stop_at_eos: (models with ``use_eos``) stop a row at its end-of-sequence token; otherwise EOS is
+            never sampled and every row gets exactly ``num_tokens`` codes.
+        uniforms: (B, >= num_tokens * d) uniforms, d = ``model.config.draws_per_token`` per generated code
+            (see :func:`sample_uniforms`); None draws them with ``generator``.
+        use_cache: False recomputes the whole prefix at every step (reference path for tests/benchmarks).
+
+    Returns:
+        codes (B, num_tokens) int64 (positions >= length are 0) and lengths (B,) int64.
+    """
+    c = model.config
+    device = model.head.weight.device
+    if labels is None:
+        if c.num_classes > 0:
+            raise ValueError(f"the generator is class-conditional ({c.num_classes} classes): pass class labels")
+        if batch_size is None:
+            raise ValueError("an unconditional generator needs batch_size")
+        labels = torch.full((batch_size,), c.num_classes, dtype=torch.long, device=device)
+    else:
+        labels = labels.to(device=device, dtype=torch.long)
+        check_labels(labels, c.num_classes)
+    B = labels.shape[0]
+    check_budget(num_tokens, c.block_size)
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule={cfg_schedule!r} is not supported; use one of {CFG_SCHEDULES}")
+    guided = cfg_scale != 1.0
+    if guided and c.num_classes == 0:
+        raise ValueError(f"cfg_scale={cfg_scale} needs a class-conditional generator; this one is unconditional")
+    if stop_at_eos and not c.use_eos:
+        raise ValueError("stop_at_eos needs a generator trained with use_eos=True")
+    draws = c.draws_per_token  # uniforms per code: 1, or 2 with a factorized vocabulary
+    if uniforms is None:
+        uniforms = torch.rand(B, num_tokens * draws, generator=generator)
+    if uniforms.dim() != 2 or uniforms.shape[0] != B or uniforms.shape[1] < num_tokens * draws:
+        raise ValueError(f"uniforms must have shape ({B}, >= {num_tokens * draws}), got {tuple(uniforms.shape)}")
+    uniforms = uniforms.to(device)
+
+    rows = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if guided else labels  # (R,)
+    codes = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
+    lengths = torch.full((B,), num_tokens, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    eos = c.output_size - 1 if c.use_eos else None  # EOS is the last first-stage logit
+
+    def guide(logits: torch.Tensor, t: int) -> torch.Tensor:
+        if not guided:
+            return logits
+        cond, uncond = logits.float().chunk(2)
+        return uncond + cfg_scale_at(t, num_tokens, cfg_scale, cfg_schedule) * (cond - uncond)
+
+    if use_cache:
+        caches = model.new_cache(rows.shape[0], num_tokens)  # condition + the first k-1 codes
+        logits, hidden = model.forward_cached(model.class_embedding(rows)[:, None], 0, caches)
+    for t in range(num_tokens):
+        if not use_cache:
+            prefix = codes[:, :t].repeat(2, 1) if guided else codes[:, :t]
+            logits, hidden = model(prefix, rows, last_only=True, return_hidden=True)
+            logits, hidden = logits[:, -1], hidden[:, -1]
+        logits = guide(logits, t)
+        if eos is not None and not stop_at_eos:
+            logits = logits.clone()
+            logits[:, eos] = float("-inf")
+        token = sample_next(logits, uniforms[:, t * draws], temperature, top_k, top_p)
+        ended = token == eos if stop_at_eos else None
+        if model.factorized is not None:  # second stage: the low factor given the chosen high factor
+            hi = token.clamp(max=c.vocab_factors[0] - 1)  # rows that chose EOS: any valid index, result unused
+            lo_logits = guide(model.lo_logits(hidden, hi.repeat(2) if guided else hi), t)
+            lo = sample_next(lo_logits, uniforms[:, t * draws + 1], temperature, top_k, top_p)
+            token = hi * model.factorized.n1 + lo
+        if stop_at_eos:
+            ended = ended & ~finished
+            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
+            finished = finished | ended
+            token = token.masked_fill(finished, 0)
+            codes[:, t] = token
+            if bool(finished.all()):
+                break
+        else:
+            codes[:, t] = token
+        if use_cache and t + 1 < num_tokens:
+            feed = token.repeat(2) if guided else token
+            logits, hidden = model.forward_cached(model.embed_codes(feed)[:, None], t + 1, caches)
+    return codes, lengths
+
+
+def check_budget(k: int, limit: int, what: str = "the generator's context (block_size)") -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= limit:
+        raise ValueError(f"token budget {k!r} is outside {what}: accepted 1..{limit}")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape (B,), got {tuple(labels.shape)}")
+    if num_classes == 0:
+        raise ValueError("the generator is unconditional (num_classes=0): pass no class labels")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ValueError(
+            f"class id {int(bad[0])} is out of range: the generator has {num_classes} classes "
+            f"(accepted 0..{num_classes - 1})"
+        )

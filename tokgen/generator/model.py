@@ -1,0 +1,428 @@
+"""A Llama-style GPT over tokenizer codes (LlamaGen-style class-conditional image generation).
+
+Sequence layout (one condition token, then the codes coarse to fine)::
+
+    position:   0        1        2              T
+    input:    [class] [code_0] [code_1] ... [code_{T-1}]
+    predicts:  code_0   code_1   code_2  ...  code_T (or EOS)
+
+- The class embedding table has ``num_classes + 1`` rows; the last row is the *null* class used for
+  classifier-free guidance (labels are dropped to it with probability ``class_dropout`` in training).
+  With ``num_classes = 0`` the model is unconditional and position 0 is a learned start embedding.
+- Blocks are pre-norm: ``x + Attn(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``; attention uses a fused
+  qkv projection and an output projection, both without bias, and 1D rotary embeddings (RoPE) on q and k.
+  The condition position is *not* rotated (angle 0), code ``i`` is rotated by angle ``i * theta``.
+- Output: RMSNorm + linear to ``vocab_size`` logits (+1 for the end-of-sequence token when ``use_eos``);
+  optionally tied to the token embedding.
+- Factorized output (``vocab_factors = [n0, n1]``, ``n0 * n1 = vocab_size``) for large codebooks: a code is
+  the pair ``(hi, lo) = (code // n1, code % n1)``; the head predicts ``hi`` (n0-way, +EOS), then a small
+  SwiGLU block reads the hidden state plus an embedding of ``hi`` and predicts ``lo`` (n1-way), so
+  ``p(code) = p(hi) p(lo | hi)`` exactly, at the cost of n0 + n1 instead of n0 * n1 outputs. Inputs are
+  embedded as ``E_hi[hi] + E_lo[lo]``. For FSQ levels [8, 8, 8, 5, 5, 5] (codes are mixed-radix with the
+  first level least significant) ``[125, 512]`` splits the codes into the 5-level and the 8-level digits.
+- Every position is trained, so one model serves every prefix length (token budget) k.
+
+Inference runs through :class:`~tokgen.generator.kv_cache.KVCache`: ``forward_cached`` writes the new keys
+and values at ``start_pos`` and attends only over the filled part of the cache, so a decode step at
+position t reads t cached keys (not the whole pre-allocated cache): generating k tokens costs k steps of
+the linear layers plus attention reads that grow with t (a few % to ~25% of a step at t = 256 on CPU;
+see benchmarks/generation_cost.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kv_cache import KVCache
+
+
+@dataclass
+class GPTConfig:
+    """Architecture of the generator (saved with every checkpoint; enough to rebuild the model)."""
+
+    vocab_size: int = 4096  # codebook size of the tokenizer (codes are 0..vocab_size-1)
+    block_size: int = 256  # maximum number of codes per sequence (the tokenizer's K)
+    num_classes: int = 10  # 0 = unconditional
+    dim: int = 256
+    n_layer: int = 8
+    n_head: int = 8
+    hidden_dim: int | None = None  # SwiGLU width; None = 2/3 * 4 * dim rounded up to multiple_of (Llama)
+    multiple_of: int = 256
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    tie_weights: bool = False
+    use_eos: bool = False  # extra end-of-sequence token (id vocab_size) for variable-length sequences
+    vocab_factors: list[int] | None = None  # [n0, n1] with n0 * n1 = vocab_size: factorized output head
+    class_dropout: float = 0.1  # training: probability that a label is replaced by the null class
+    dropout: float = 0.0  # attention / residual dropout in training
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "dim", "n_layer", "n_head", "multiple_of"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"generator {name}={value!r} must be a positive integer")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"generator num_classes={self.num_classes!r} must be an integer >= 0 (0 = unconditional)")
+        if self.dim % self.n_head != 0 or (self.dim // self.n_head) % 2 != 0:
+            raise ValueError(
+                f"generator dim={self.dim} must be divisible by n_head={self.n_head} with an even head size (RoPE)"
+            )
+        if self.hidden_dim is None:
+            hidden = int(2 * 4 * self.dim / 3)
+            self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
+        if self.vocab_factors is not None:
+            factors = list(self.vocab_factors)
+            if len(factors) != 2 or any(not isinstance(f, int) or f < 2 for f in factors) or math.prod(factors) != self.vocab_size:
+                raise ValueError(
+                    f"generator vocab_factors={self.vocab_factors!r} must be two integers >= 2 whose product is "
+                    f"vocab_size={self.vocab_size} (e.g. [125, 512] for FSQ levels [8, 8, 8, 5, 5, 5])"
+                )
+            if self.tie_weights:
+                raise ValueError("generator tie_weights is not supported with vocab_factors")
+            self.vocab_factors = factors
+        for name in ("class_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"generator {name}={getattr(self, name)} must be in [0, 1)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def output_size(self) -> int:
+        """Number of first-stage logits: the codes (or the high factor n0), plus EOS when ``use_eos``."""
+        first = self.vocab_factors[0] if self.vocab_factors else self.vocab_size
+        return first + int(self.use_eos)
+
+    @property
+    def draws_per_token(self) -> int:
+        """Uniform random numbers consumed per sampled code (one per output stage)."""
+        return 2 if self.vocab_factors else 1
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.vocab_size if self.use_eos else None
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest input: the condition + K codes (the last code is only fed when EOS follows it)."""
+        return self.block_size + int(self.use_eos)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown generator config keys {unknown}; accepted keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- RoPE
+def rope_tables(seq_len: int, head_dim: int, base: float, num_prefix: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin tables (seq_len, head_dim) for half-split rotary embeddings.
+
+    The first ``num_prefix`` positions (the condition) get angle 0 (identity); position p >= num_prefix is
+    rotated by ``(p - num_prefix) * base^(-2i/head_dim)`` for the channel pair (i, i + head_dim/2).
+    """
+    half = head_dim // 2
+    inv_freq = base ** (-torch.arange(half, dtype=torch.float64) / half)
+    pos = (torch.arange(seq_len, dtype=torch.float64) - num_prefix).clamp(min=0)
+    angles = pos[:, None] * inv_freq[None]  # (seq_len, half)
+    cos = torch.cat([angles.cos(), angles.cos()], dim=1)
+    sin = torch.cat([-angles.sin(), angles.sin()], dim=1)  # sign folded in: see apply_rope
+    return cos.float(), sin.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (..., head_dim) with cos/sin broadcastable to it.
+
+    With x = [x1, x2]: out = [x1 cos - x2 sin, x2 cos + x1 sin]; ``roll`` swaps the halves.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+
+# ---------------------------------------------------------------------------------------------------- blocks
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
+        self.proj = nn.Linear(config.dim, config.dim, bias=False)
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int = 0,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, dim) at sequence positions start_pos..start_pos+T-1; cos/sin: (T, 1, 1, head_dim)."""
+        B, T, D = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+        qk = apply_rope(qkv[:, :, :2], cos, sin)  # rotate q and k in one go: (B, T, 2, H, hd)
+        q = qk[:, :, 0].transpose(1, 2)  # (B, H, T, hd)
+        k = qk[:, :, 1].transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(start_pos, k, v)  # (B, H, start_pos + T, hd): the filled part only
+        if T == 1:  # one new query attends to everything before it: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif start_pos == 0:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:  # a chunk of T queries after start_pos cached keys
+            mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x) with w1 and w3 fused into one (dim -> 2 * hidden) projection, no biases."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.dim, config.hidden_dim)
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, x, cos, sin, start_pos: int = 0, cache: KVCache | None = None):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, start_pos, cache))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+# ---------------------------------------------------------------------------------------------------- output
+class FactorizedCodes(nn.Module):
+    """Input embedding and second output stage of a factorized vocabulary (see the module docstring)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        n0, n1 = config.vocab_factors
+        self.n1 = n1
+        self.embed_lo = nn.Embedding(n1, config.dim)  # input: E_hi[code // n1] + E_lo[code % n1]
+        self.hi_embedding = nn.Embedding(n0, config.dim)  # second stage: which hi was chosen
+        self.norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.dim, config.hidden_dim)
+        self.out_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.head = nn.Linear(config.dim, n1, bias=False)
+
+    def lo_logits(self, h: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """h: (..., dim) final hidden states, hi: (...) chosen high factors -> (..., n1) logits of the low factor."""
+        u = h + self.hi_embedding(hi)
+        u = u + self.mlp(self.norm(u))
+        return self.head(self.out_norm(u))
+
+
+# ---------------------------------------------------------------------------------------------------- model
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig | dict | None = None):
+        super().__init__()
+        if config is None:
+            config = GPTConfig()
+        elif isinstance(config, dict):
+            config = GPTConfig.from_dict(config)
+        self.config = c = config
+        self.class_embedding = nn.Embedding(c.num_classes + 1, c.dim)  # last row = null class
+        self.tok_embedding = nn.Embedding(c.output_size, c.dim)  # codes (or high factors) + EOS
+        self.blocks = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
+        self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
+        self.head = nn.Linear(c.dim, c.output_size, bias=False)
+        self.factorized = FactorizedCodes(c) if c.vocab_factors else None
+        if c.tie_weights:
+            self.head.weight = self.tok_embedding.weight
+        cos, sin = rope_tables(c.max_seq_len, c.head_dim, c.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.w2.weight"):
+                nn.init.normal_(p, std=c.init_std / math.sqrt(2 * c.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def condition(self, labels: torch.Tensor | None, batch_size: int, device) -> torch.Tensor:
+        """labels (B,) in 0..num_classes (num_classes = null) or None (all null) -> (B, 1, dim)."""
+        if labels is None:
+            labels = torch.full((batch_size,), self.null_class, dtype=torch.long, device=device)
+        if self.training and self.config.class_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.config.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        return self.class_embedding(labels)[:, None]
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (...) in 0..vocab_size (vocab_size = EOS) -> (..., dim)."""
+        if self.factorized is None:
+            return self.tok_embedding(codes)
+        n1 = self.factorized.n1
+        return self.tok_embedding(codes // n1) + self.factorized.embed_lo(codes % n1)
+
+    def embed(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """tokens: (B, T) input codes (may be T = 0) -> (B, T + 1, dim) = [condition, code embeddings]."""
+        return torch.cat([self.condition(labels, tokens.shape[0], tokens.device), self.embed_codes(tokens)], dim=1)
+
+    # ------------------------------------------------------------------ full forward (training)
+    def forward(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None = None, last_only: bool = False, return_hidden: bool = False
+    ):
+        """Teacher-forced logits of the next code after every prefix.
+
+        tokens: (B, T) input codes c_0..c_{T-1} (T may be 0); labels: (B,) class ids (None = null class).
+        Returns logits (B, T + 1, output_size): row t predicts code t given the condition and codes < t
+        (with ``vocab_factors``: its high factor; see :meth:`lo_logits`). To train on targets (B, T) feed
+        ``tokens = targets[:, :-1]`` (or use :meth:`loss`). ``last_only``: only the last row.
+        ``return_hidden``: also return the normalized final hidden states (B, T + 1, dim).
+        """
+        T = tokens.shape[1] + 1
+        if T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {T} positions (condition + {T - 1} codes) is longer than the generator's "
+                f"context of {self.config.max_seq_len} (block_size={self.config.block_size})"
+            )
+        x = self.embed(tokens, labels)
+        cos, sin = self._rope(0, T)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        if last_only:
+            x = x[:, -1:]
+        h = self.norm(x)
+        return (self.head(h), h) if return_hidden else self.head(h)
+
+    def lo_logits(self, h: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Second output stage of a factorized vocabulary: logits (..., n1) of ``code % n1`` given ``hi``."""
+        return self.factorized.lo_logits(h, hi)
+
+    def loss(self, targets: torch.Tensor, labels: torch.Tensor | None, ignore_index: int = -100):
+        """Mean next-code cross-entropy over the non-ignored targets (B, T) and the accuracy of the argmax.
+
+        With a factorized vocabulary the loss is -log p(hi) - log p(lo | hi), i.e. the same quantity.
+        """
+        logits, h = self(targets[:, :-1].clamp(min=0), labels, return_hidden=True)  # (B, T, out), (B, T, dim)
+        valid = targets != ignore_index
+        if self.factorized is None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+            correct = logits.argmax(-1) == targets
+        else:
+            n1 = self.factorized.n1
+            hi = torch.where(valid, targets // n1, ignore_index)  # EOS (= vocab_size) -> hi = n0, the EOS logit
+            eos = self.config.eos_id
+            has_lo = valid & (targets != eos) if eos is not None else valid
+            lo = torch.where(has_lo, targets % n1, ignore_index)
+            lo_logits = self.lo_logits(h, torch.where(has_lo, hi, 0))
+            loss_hi = F.cross_entropy(logits.flatten(0, 1).float(), hi.flatten(), ignore_index=ignore_index, reduction="sum")
+            loss_lo = F.cross_entropy(lo_logits.flatten(0, 1).float(), lo.flatten(), ignore_index=ignore_index, reduction="sum")
+            loss = (loss_hi + loss_lo) / valid.sum().clamp(min=1)
+            correct = (logits.argmax(-1) == hi) & ((lo_logits.argmax(-1) == lo) | ~has_lo)
+        acc = (correct & valid).sum() / valid.sum().clamp(min=1)
+        return loss, acc
+
+    # ------------------------------------------------------------------ cached inference
+    def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> list[KVCache]:
+        """One static, pre-allocated KV cache per layer for up to ``max_len`` positions (condition included)."""
+        if max_len > self.config.max_seq_len:
+            raise ValueError(f"cache of {max_len} positions exceeds the generator's context {self.config.max_seq_len}")
+        ref = self.head.weight
+        return [
+            KVCache(batch_size, self.config.n_head, max_len, self.config.head_dim,
+                    device=device or ref.device, dtype=dtype or ref.dtype)
+            for _ in self.blocks
+        ]
+
+    def forward_cached(self, x: torch.Tensor, start_pos: int, caches: list[KVCache]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, dim) embeddings at positions start_pos..start_pos+T-1 -> (logits (B, out), hidden (B, dim))
+        of the last position. Keys/values are written into ``caches``; earlier positions must already be there.
+        """
+        cos, sin = self._rope(start_pos, x.shape[1])
+        for block, cache in zip(self.blocks, caches):
+            x = block(x, cos, sin, start_pos, cache)
+        h = self.norm(x[:, -1])
+        return self.head(h), h
+
+    def _rope(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.rope_cos[start : start + length].view(length, 1, 1, -1)  # broadcast over (B, ., 2, H, .)
+        sin = self.rope_sin[start : start + length].view(length, 1, 1, -1)
+        return cos, sin
+
+    # ------------------------------------------------------------------ bookkeeping
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.class_embedding.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.tok_embedding.weight.numel()
+        return n
+
+    def flops_forward(self, new_tokens: int, context: int, logits_rows: int | None = None, attention: bool = True) -> int:
+        """Matmul FLOPs (2 per multiply-add) of one forward over ``new_tokens`` positions per sequence that
+        attend to ``context`` keys in total (causal: the i-th new position sees context - new_tokens + i + 1),
+        with the output head(s) on ``logits_rows`` rows (default: all new positions). Per sequence.
+        ``attention=False``: projections and heads only (what torch's FlopCounterMode sees on CPU)."""
+        c = self.config
+        rows = new_tokens if logits_rows is None else logits_rows
+        per_layer = 2 * c.dim * (3 * c.dim + c.dim + 3 * c.hidden_dim)  # qkv, proj, w13, w2 per position
+        first = context - new_tokens + 1
+        keys = new_tokens * (first + context) // 2  # sum of visible keys over the new positions
+        attn = 2 * 2 * keys * c.dim if attention else 0  # q.k and p.v
+        head = 2 * c.dim * c.output_size
+        if c.vocab_factors:  # second stage: SwiGLU + n1-way head
+            head += 2 * c.dim * (3 * c.hidden_dim + c.vocab_factors[1])
+        return c.n_layer * (new_tokens * per_layer + attn) + rows * head
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "GPT":
+        """Load a generator from a checkpoint written by ``tokgen fit`` with a GeneratorModule.
+
+        The tokenizer identity it was trained on is kept in ``model.tokenizer_info`` (or None).
+        """
+        from ..checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location=map_location)
+        meta = ckpt.get("tokgen") or {}
+        if meta.get("kind") != "generator" or "generator_config" not in meta:
+            kind = meta.get("kind", "unknown")
+            raise ValueError(
+                f"checkpoint {path} is not a tokgen generator checkpoint (kind={kind!r}); "
+                f"pass a checkpoint written by `tokgen fit` with tokgen.lit.GeneratorModule"
+            )
+        model = cls(GPTConfig.from_dict(meta["generator_config"]))
+        state = ckpt["state_dict"]
+        prefix = "ema_generator." if use_ema and any(k.startswith("ema_generator.") for k in state) else "generator."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path} does not match its generator config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        model.tokenizer_info = meta.get("tokenizer")
+        model.checkpoint_path = path
+        return model.eval()
