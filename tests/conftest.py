@@ -7,6 +7,18 @@ torch.set_num_threads(2)
 os.environ.setdefault("TOKGEN_TEST", "1")
 
 FMNIST_RAW = "/usr/share/datasets/fashion-mnist"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+                 "--trainer.precision=32-true", "--trainer.num_nodes=1"]
+
+
+def build_on_meta(recipe, tmp_path):
+    """Parse a recipe through the CLI with CPU trainer overrides and build its model on the meta device."""
+    from tokgen.cli import lightning_main
+
+    with torch.device("meta"):
+        return lightning_main(["--config", os.path.join(ROOT, recipe), *CPU_OVERRIDES,
+                               f"--trainer.default_root_dir={tmp_path}"], run=False)
 
 
 @pytest.fixture

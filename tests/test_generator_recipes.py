@@ -9,12 +9,9 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
-from tokgen.cli import lightning_main
+from conftest import ROOT, build_on_meta
 from tokgen.generator.model import Block
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
-                 "--trainer.precision=32-true", "--trainer.num_nodes=1"]
 
 # generator parameters (untied; vocabulary 64000 of the FlexTok-d18 tokenizer, 1000 classes + null)
 PAPER_SCALE = {
@@ -23,12 +20,6 @@ PAPER_SCALE = {
     "configs/generator/imagenet_gpt_l.yaml": 440_428_544,
     "configs/generator/imagenet_gpt_l_fsdp.yaml": 440_428_544,
 }
-
-
-def build_on_meta(recipe, tmp_path):
-    with torch.device("meta"):
-        return lightning_main(["--config", os.path.join(ROOT, recipe), *CPU_OVERRIDES,
-                               f"--trainer.default_root_dir={tmp_path}"], run=False)
 
 
 @pytest.mark.parametrize("recipe", sorted(PAPER_SCALE))

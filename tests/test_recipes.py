@@ -6,23 +6,14 @@ import os
 import pytest
 import torch
 
-from tokgen.cli import lightning_main
+from conftest import ROOT, build_on_meta
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
-                 "--trainer.precision=32-true", "--trainer.num_nodes=1"]
 
 # tokenizer parameters (encoder + quantizer + decoder; no EMA copy, discriminator or LPIPS), as in the README
 PAPER_SCALE = {
     "configs/tokenizer/imagenet_titok_l32.yaml": 606_864_140,
     "configs/tokenizer/imagenet_flextok_d18.yaml": 576_820_998,
 }
-
-
-def build_on_meta(recipe, tmp_path):
-    with torch.device("meta"):
-        return lightning_main(["--config", os.path.join(ROOT, recipe), *CPU_OVERRIDES,
-                               f"--trainer.default_root_dir={tmp_path}"], run=False)
 
 
 @pytest.mark.parametrize("recipe", sorted(PAPER_SCALE))
