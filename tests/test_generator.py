@@ -72,6 +72,19 @@ def test_kv_cache_decode_matches_full_forward(guided_rows, factors):
     assert torch.allclose(last, full[:, 8], atol=1e-4, rtol=0)
 
 
+def test_reduced_precision_cache_is_close_and_opt_in():
+    model = tiny()
+    tokens, labels = torch.randint(0, 50, (2, 9)), torch.tensor([0, 1])
+    with torch.no_grad():
+        full = model(tokens, labels)
+        caches = model.new_cache(2, 10, dtype=torch.bfloat16)
+        logits, _ = model.forward_cached(model.embed(tokens, labels), 0, caches)
+    assert caches[0].kv.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    assert torch.allclose(logits, full[:, -1], atol=5e-2) and not torch.equal(logits, full[:, -1])
+    codes, _ = generate(model, labels, 6, cache_dtype=torch.bfloat16)
+    assert codes.shape == (2, 6)
+
+
 def test_cache_returns_only_the_filled_part():
     model = tiny()
     caches = model.new_cache(2, 12)

@@ -94,6 +94,7 @@ def generate(
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    cache_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num_tokens`` codes per row.
 
@@ -108,6 +109,8 @@ def generate(
         uniforms: (B, >= num_tokens * d) uniforms, d = ``model.config.draws_per_token`` per generated code
             (see :func:`sample_uniforms`); None draws them with ``generator``.
         use_cache: False recomputes the whole prefix at every step (reference path for tests/benchmarks).
+        cache_dtype: dtype of the KV cache (default: the model's). ``torch.bfloat16`` halves the memory each
+            decode step reads at long contexts (attention in bf16, so logits differ at ~1e-2).
 
     Returns:
         codes (B, num_tokens) int64 (positions >= length are 0) and lengths (B,) int64.
@@ -152,7 +155,7 @@ def generate(
         return uncond + cfg_scale_at(t, num_tokens, cfg_scale, cfg_schedule) * (cond - uncond)
 
     if use_cache:
-        caches = model.new_cache(rows.shape[0], num_tokens)  # condition + the first k-1 codes
+        caches = model.new_cache(rows.shape[0], num_tokens, dtype=cache_dtype)  # condition + first k-1 codes
         logits, hidden = model.forward_cached(model.class_embedding(rows)[:, None], 0, caches)
     for t in range(num_tokens):
         if not use_cache:

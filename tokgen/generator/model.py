@@ -175,6 +175,7 @@ class Attention(nn.Module):
         v = qkv[:, :, 2].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(start_pos, k, v)  # (B, H, start_pos + T, hd): the filled part only
+            q = q.to(k.dtype)  # a reduced-precision cache (opt-in) halves the bytes each step reads
         if T == 1:  # one new query attends to everything before it: no mask needed
             y = F.scaled_dot_product_attention(q, k, v)
         elif start_pos == 0:
@@ -184,7 +185,7 @@ class Attention(nn.Module):
         else:  # a chunk of T queries after start_pos cached keys
             mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return self.proj(y.transpose(1, 2).reshape(B, T, D).to(x.dtype))
 
 
 class SwiGLU(nn.Module):
