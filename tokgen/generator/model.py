@@ -31,18 +31,21 @@ see benchmarks/generation_cost.py).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import DictConfig
 from .kv_cache import KVCache
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(DictConfig):
     """Architecture of the generator (saved with every checkpoint; enough to rebuild the model)."""
+
+    config_name = "generator"
 
     vocab_size: int = 4096  # codebook size of the tokenizer (codes are 0..vocab_size-1)
     block_size: int = 256  # maximum number of codes per sequence (the tokenizer's K)
@@ -112,17 +115,6 @@ class GPTConfig:
     def max_seq_len(self) -> int:
         """Longest input: the condition + K codes (the last code is only fed when EOS follows it)."""
         return self.block_size + int(self.use_eos)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "GPTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown generator config keys {unknown}; accepted keys: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------------- RoPE

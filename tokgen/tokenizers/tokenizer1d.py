@@ -13,12 +13,13 @@ projected to pixels.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..config import DictConfig
 from ..nn import PatchEmbed, Transformer, build_pos_emb, check_patch_grid, unpatchify
 from ..quantize import QuantizerConfig
 from .nested_dropout import apply_nested_dropout
@@ -27,8 +28,10 @@ REGISTER_ATTENTION = ("causal", "bidirectional")
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(DictConfig):
     """Architecture of a 1D tokenizer (saved with every checkpoint; enough to rebuild the model)."""
+
+    config_name = "tokenizer"
 
     image_size: int = 32
     channels: int = 3
@@ -57,17 +60,6 @@ class TokenizerConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.width % self.num_heads != 0:
             raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TokenizerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown tokenizer config keys {unknown}; accepted keys: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def register_attention_mask(num_patches: int, num_tokens: int, mode: str) -> torch.Tensor | None:
