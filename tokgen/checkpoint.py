@@ -20,3 +20,16 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
+
+
+def load_module_weights(model: torch.nn.Module, ckpt: dict, name: str, path: str, use_ema: bool = True) -> None:
+    """Load ``model`` from the LightningModule entries ``ema_<name>.*`` (preferred when use_ema) or ``<name>.*``,
+    failing with one message when the weights do not match the model built from the saved config."""
+    state = ckpt["state_dict"]
+    prefix = f"ema_{name}." if use_ema and any(k.startswith(f"ema_{name}.") for k in state) else f"{name}."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match its {name} config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )

@@ -397,7 +397,7 @@ class GPT(nn.Module):
 
         The tokenizer identity it was trained on is kept in ``model.tokenizer_info`` (or None).
         """
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint, load_module_weights
 
         ckpt = load_checkpoint(path, map_location=map_location)
         meta = ckpt.get("tokgen") or {}
@@ -408,14 +408,7 @@ class GPT(nn.Module):
                 f"pass a checkpoint written by `tokgen fit` with tokgen.lit.GeneratorModule"
             )
         model = cls(GPTConfig.from_dict(meta["generator_config"]))
-        state = ckpt["state_dict"]
-        prefix = "ema_generator." if use_ema and any(k.startswith("ema_generator.") for k in state) else "generator."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {path} does not match its generator config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        load_module_weights(model, ckpt, "generator", path, use_ema)
         model.tokenizer_info = meta.get("tokenizer")
         model.checkpoint_path = path
         return model.eval()

@@ -185,21 +185,14 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
     @classmethod
     def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "Tokenizer1D":
         """Load a tokenizer from a Lightning checkpoint written by ``tokgen fit`` (no YAML needed)."""
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint, load_module_weights
 
         ckpt = load_checkpoint(path, map_location=map_location)
         meta = ckpt.get("tokgen") or {}
         if "tokenizer_config" not in meta:
             raise ValueError(f"checkpoint {path} holds no tokgen tokenizer config; was it written by `tokgen fit`?")
         model = cls(TokenizerConfig.from_dict(meta["tokenizer_config"]))
-        state = ckpt["state_dict"]
-        prefix = "ema_tokenizer." if use_ema and any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {path} does not match its tokenizer config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        load_module_weights(model, ckpt, "tokenizer", path, use_ema)
         return model.eval()
 
 
