@@ -49,6 +49,30 @@ def test_causal_tokens_do_not_depend_on_later_registers(tiny_config):
     assert not torch.allclose(b0[:, :5], bi.encode_latents(x)[:, :5])
 
 
+def test_token_mixing_keeps_prefix_property_and_gives_a_linear_path(tiny_config):
+    """token_mixing: causal tokens still ignore later registers, a masked suffix still decodes like a prefix,
+    and each token is tied to the patches by its own mixing weights (no longer identical at initialisation)."""
+    torch.manual_seed(0)
+    model = Tokenizer1D(tiny_config(register_attention="causal", token_mixing=True)).eval()
+    assert model.enc_mix.shape == (8, 16) and model.dec_mix.shape == (16, 8)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    before = model.encode_latents(x)
+    with torch.no_grad():
+        model.registers[:, 5] += torch.randn(model.registers.shape[-1])
+        model.enc_mix[6] += 1.0
+    after = model.encode_latents(x)
+    assert torch.allclose(before[:, :5], after[:, :5], atol=1e-6)
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+    codes = model.encode(x)
+    z = model.quantizer.codes_to_latents(codes)
+    assert torch.allclose(model.decode(codes[:, :3]), model.decode_latents(z, torch.full((2,), 3)), atol=1e-5)
+    # without mixing, registers are one learned vector each and ignore the image until attention mixes them
+    plain = Tokenizer1D(tiny_config(token_mixing=False))
+    assert plain.enc_mix is None and plain.dec_mix is None
+    n_extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert n_extra == 2 * 8 * 16
+
+
 @pytest.mark.parametrize("kind", ["fsq", "vq", "binary", "identity"])
 def test_encode_decode_every_prefix(tiny_config, kind):
     q = {"fsq": {"kind": "fsq", "levels": [5, 5, 5]}, "vq": {"kind": "vq", "dim": 8, "codebook_size": 64},

@@ -10,6 +10,14 @@ Quantizer: one of ``tokgen.quantize`` (FSQ, VQ, binary, identity) on the project
 Decoder: a ViT over ``[patch queries | K tokens]``; tokens beyond the kept prefix are replaced by a learned
 mask token (nested dropout in training, truncation at inference), and the patch-query outputs are
 projected to pixels.
+
+Token mixing (``token_mixing=True``): registers start as a learned linear pooling of the patch embeddings
+(``registers + A @ patches``, A: (K, N)) and patch queries as a learned linear un-pooling of the tokens
+(``queries + B @ tokens``, B: (N, K)). Without it every register starts identical and attention at
+initialisation is near uniform, so every register reads the same patch average and every patch query the
+same token average: the model must first break that symmetry before tokens can specialise. The mixing
+matrices give a per-token, per-patch linear path from the first step (a linear autoencoder inside the
+ViT); the attention layers refine it. It adds K * N * 2 parameters (4096 at K=32, N=64).
 """
 from __future__ import annotations
 
@@ -45,6 +53,7 @@ class TokenizerConfig(DictConfig):
     register_attention: str = "causal"
     pos_emb: str = "learned"
     qk_norm: bool = False
+    token_mixing: bool = False
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
@@ -95,6 +104,9 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         self.register_buffer(
             "enc_mask", register_attention_mask(num_patches, c.num_tokens, c.register_attention), persistent=False
         )
+        # token mixing: (K, N) pooling of patches into registers, (N, K) un-pooling of tokens into patch queries
+        self.enc_mix = nn.Parameter(torch.randn(c.num_tokens, num_patches) * num_patches**-0.5) if c.token_mixing else None
+        self.dec_mix = nn.Parameter(torch.randn(num_patches, c.num_tokens) * c.num_tokens**-0.5) if c.token_mixing else None
 
         # --- decoder: [patch queries | tokens] -> patch queries -> pixels
         self.from_token = nn.Linear(token_dim, c.width)
@@ -125,6 +137,8 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
             )
         patches = self.enc_pos(self.patch_embed(images))  # (B, N, W)
         registers = self.registers.expand(images.shape[0], -1, -1)  # (B, K, W)
+        if self.enc_mix is not None:
+            registers = registers + torch.einsum("kn,bnw->bkw", self.enc_mix, patches)
         x = self.encoder(torch.cat([patches, registers], dim=1), self.enc_mask)
         return self.to_token(x[:, -self.num_tokens :])
 
@@ -150,8 +164,10 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
             tokens = torch.cat([tokens, pad], dim=1)
         if keep is not None:
             tokens = apply_nested_dropout(tokens, keep, self.mask_token)
-        tokens = tokens + self.token_pos
         queries = self.dec_pos(self.patch_query.expand(B, self.patch_embed.num_patches, -1))
+        if self.dec_mix is not None:
+            queries = queries + torch.einsum("nk,bkw->bnw", self.dec_mix, tokens)
+        tokens = tokens + self.token_pos
         x = self.decoder(torch.cat([queries, tokens], dim=1))
         pixels = self.to_pixels(x[:, : self.patch_embed.num_patches])
         return unpatchify(pixels, self.config.patch_size, self.config.channels)
