@@ -18,9 +18,7 @@ targets, AdamW) is measured too. The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,28 +26,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, emit, log, machine_info, timed  # noqa: E402
 
+sys.path.insert(0, ROOT)
 from tokgen.generator import GPT, GPTConfig, generate, sample_uniforms  # noqa: E402
 
 AR_SMALL_V1 = dict(vocab_size=4096, block_size=256, num_classes=10, dim=256, n_layer=8, n_head=8, hidden_dim=768,
                    norm_eps=1e-5, tie_weights=False)
-
-
-def log(*args):
-    print(*args, file=sys.stderr, flush=True)
-
-
-def timed(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def generation_flops(model: GPT, k: int, rows: int, cache: bool) -> int:
@@ -61,12 +45,13 @@ def generation_flops(model: GPT, k: int, rows: int, cache: bool) -> int:
     return rows * per_row
 
 
-def bench_generation(model, labels, ks, cfg, cache, warmup, repeats, seed=0) -> dict:
+def bench_generation(model, labels, ks, cfg, cache, warmup, repeats, seed=0, cache_dtype=None) -> dict:
     out = {}
     rows = labels.shape[0] * (2 if cfg != 1.0 else 1)
     for k in ks:
         u = sample_uniforms(seed, range(labels.shape[0]), k)
-        times = timed(lambda: generate(model, labels, k, cfg_scale=cfg, uniforms=u, use_cache=cache), warmup, repeats)
+        times = timed(lambda: generate(model, labels, k, cfg_scale=cfg, uniforms=u, use_cache=cache,
+                                       cache_dtype=cache_dtype), warmup, repeats)
         med = statistics.median(times)
         flops = generation_flops(model, k, rows, cache)
         out[k] = {"ms_per_batch": 1e3 * med, "ms_per_token": 1e3 * med / k, "times_s": times,
@@ -74,6 +59,55 @@ def bench_generation(model, labels, ks, cfg, cache, warmup, repeats, seed=0) -> 
         log(f"  {'cache' if cache else 'nocache'} cfg={cfg} k={k}: {1e3 * med:.1f} ms/batch, "
             f"{1e3 * med / k:.2f} ms/token, {flops / med / 1e9:.1f} GFLOP/s")
     return out
+
+
+STEP_POSITIONS = (1, 32, 64, 128, 192, 255)
+
+
+@torch.no_grad()
+def decode_step_fit(model: GPT, rows: int, positions=STEP_POSITIONS, repeats: int = 15, step=None) -> dict:
+    """Time one cached decode step (``forward_cached`` of 1 position) at several positions t, fit a + b t.
+
+    Positions are visited round-robin so that machine noise spreads evenly; medians per position. Also the
+    bytes each step must read: the weights (constant) and the filled KV cache (grows by ``kv_bytes_per_position``),
+    so ``kv_bytes_per_position / b`` is the bandwidth the attention reads run at, and the fit predicts the
+    t(256)/t(32) ratio that per-step costs alone give (no sampling / set-up). ``step``: the decode step to time
+    (default ``model.forward_cached``; e.g. a torch.compile'd one).
+    """
+    c = model.config
+    step = step or model.forward_cached
+    caches = model.new_cache(rows, c.max_seq_len)
+    gen = torch.Generator().manual_seed(0)
+    model.forward_cached(torch.randn(rows, c.max_seq_len, c.dim, generator=gen), 0, caches)  # fill the cache
+    x = torch.randn(rows, 1, c.dim, generator=gen)
+    times = {p: [] for p in positions}
+    start = time.perf_counter()
+    for p in positions:  # warm-up (and compilation, for a compiled step)
+        step(x, p, caches)
+    warmup_s = time.perf_counter() - start
+    for _ in range(repeats):
+        for p in positions:
+            start = time.perf_counter()
+            step(x, p, caches)
+            times[p].append(time.perf_counter() - start)
+    med = {p: 1e3 * statistics.median(v) for p, v in times.items()}
+    n = len(positions)
+    mt, my = sum(positions) / n, sum(med.values()) / n
+    b = sum((p - mt) * (med[p] - my) for p in positions) / sum((p - mt) ** 2 for p in positions)
+    a = my - b * mt
+    itemsize = model.head.weight.element_size()
+    kv_per_pos = c.n_layer * 2 * rows * c.dim * itemsize
+    weight_bytes = sum(p.numel() for n_, p in model.named_parameters() if "embedding" not in n_) * itemsize
+    steps = lambda k: sum(a + b * t for t in range(k))  # noqa: E731
+    return {
+        "rows": rows, "warmup_s": warmup_s, "ms_per_step": {str(p): v for p, v in med.items()}, "times_s": {str(p): v for p, v in times.items()},
+        "a_ms": a, "b_ms": b, "attention_share_at_t256": b * 256 / (a + b * 256),
+        "weight_bytes_per_step": weight_bytes, "kv_bytes_per_position": kv_per_pos,
+        "kv_bytes_at_t256": kv_per_pos * 256, "kv_read_gb_per_s": kv_per_pos / (b * 1e-3) / 1e9 if b > 0 else None,
+        "weight_read_gb_per_s_if_a_were_only_weights": weight_bytes / (a * 1e-3) / 1e9,
+        "predicted_t256_over_t32": steps(256) / steps(32),
+        "max_b_over_a_for_ratio_8_5": 16 / 28416,  # (256 a + 32768 b) <= 8.5 (32 a + 512 b)
+    }
 
 
 def bench_training(model_config: dict, batch: int, targets: int, warmup: int, repeats: int) -> dict:
@@ -115,6 +149,11 @@ def main(argv=None) -> dict:
     p.add_argument("--nocache-max-k", type=int, default=128, help="largest k for full re-computation (slow)")
     p.add_argument("--nocache-repeats", type=int, default=1)
     p.add_argument("--no-train", action="store_true", help="skip the training-throughput measurement")
+    p.add_argument("--no-steps", action="store_true", help="skip the per-step time vs position fit")
+    p.add_argument("--step-repeats", type=int, default=15)
+    p.add_argument("--bf16-cache", action="store_true", help="also time the opt-in bf16 KV cache (approximate)")
+    p.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode step (dynamic positions)")
+    p.add_argument("--compile-only", action="store_true", help="only the compiled vs eager decode step")
     p.add_argument("--json", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
 
@@ -127,12 +166,10 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "generation_cost", "workload": "ar-small-v1", "parameters": model.num_parameters(),
-        "batch": args.batch, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "warmup": args.warmup, "repeats": args.repeats,
+        "batch": args.batch, **machine_info(), "warmup": args.warmup, "repeats": args.repeats,
     }
     ks_nocache = [k for k in ks if k <= args.nocache_max_k]
-    for cfg, name in ((1.0, "nocfg"), (args.cfg, f"cfg{args.cfg:g}")):
+    for cfg, name in (() if args.compile_only else ((1.0, "nocfg"), (args.cfg, f"cfg{args.cfg:g}"))):
         cache = bench_generation(model, labels, ks, cfg, True, args.warmup, args.repeats)
         timed(lambda: generate(model, labels, ks[0], cfg_scale=cfg, use_cache=False), 1, 0)  # warm the path
         nocache = bench_generation(model, labels, ks_nocache, cfg, False, 0, args.nocache_repeats)
@@ -147,15 +184,33 @@ def main(argv=None) -> dict:
         }
         log(f"{name}: cache t(256)/t(32) = {result[name]['cache_t256_over_t32']}, "
             f"nocache t({hi_nc})/t({lo_nc}) = {result[name][f'nocache_t{hi_nc}_over_t{lo_nc}']}")
-    if not args.no_train:
+        if not args.no_steps:
+            rows = labels.shape[0] * (2 if cfg != 1.0 else 1)
+            result[name]["step_fit"] = decode_step_fit(model, rows, STEP_POSITIONS, args.step_repeats)
+    if args.compile or args.compile_only:  # a torch.compile'd decode step (inductor, dynamic positions) against eager, same positions
+        result["compiled_step"] = {}
+        for cfg, name in ((1.0, "nocfg"), (args.cfg, f"cfg{args.cfg:g}")):
+            rows = labels.shape[0] * (2 if cfg != 1.0 else 1)
+            try:
+                fit = decode_step_fit(model, rows, STEP_POSITIONS, args.step_repeats,
+                                      step=torch.compile(model.forward_cached, dynamic=True))
+                eager = result.get(name, {}).get("step_fit") or decode_step_fit(model, rows, STEP_POSITIONS, args.step_repeats)
+                fit["speedup_vs_eager"] = {p: eager["ms_per_step"][p] / v for p, v in fit["ms_per_step"].items()}
+            except Exception as err:  # noqa: BLE001 - a compiler failure is a result, not a crash
+                fit = {"error": f"{type(err).__name__}: {err}"[:500]}
+            result["compiled_step"][name] = fit
+            log(f"compiled decode step {name}: {fit.get('speedup_vs_eager', fit.get('error'))}")
+    if args.bf16_cache and not args.compile_only:  # opt-in reduced-precision cache (logits differ ~1e-2): what halving the KV bytes buys
+        result["bf16_cache"] = {}
+        for cfg, name in ((1.0, "nocfg"), (args.cfg, f"cfg{args.cfg:g}")):
+            r = bench_generation(model, labels, [32, 256], cfg, True, args.warmup, args.repeats, cache_dtype=torch.bfloat16)
+            fp32 = result[name]["cache"].get(256)
+            result["bf16_cache"][name] = {"cache": r, "cache_t256_over_t32": ratio(r, 256, 32),
+                                          "speedup_at_k256_vs_fp32": fp32 and fp32["ms_per_batch"] / r[256]["ms_per_batch"]}
+    if not args.no_train and not args.compile_only:
         result["training"] = bench_training(AR_SMALL_V1, 32, 128, 3, 10)
         log(f"training: {result['training']['tokens_per_s']:.0f} tokens/s")
-    line = json.dumps(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(line + "\n")
-    print(line)
-    return result
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,8 @@ def test_nested_dropout_sampling():
     k2 = sample_keep_lengths(1000, 32, "pow2", generator=g)
     assert set(k2.tolist()) == {1, 2, 4, 8, 16, 32}
     assert power_of_two_budgets(24) == [1, 2, 4, 8, 16, 24]
+    k3 = sample_keep_lengths(1000, 32, "pow2_full", generator=g)
+    assert (k3[:500] == 32).all() and set(k3[500:].tolist()) == {1, 2, 4, 8, 16, 32}
     assert (sample_keep_lengths(5, 8, "none") == 8).all()
     with pytest.raises(ValueError, match="'bogus'"):
         sample_keep_lengths(2, 8, "bogus")

@@ -61,7 +61,8 @@ class TokenizerModule(L.LightningModule):
             loss: pixel / perceptual / GAN loss settings.
             optim: AdamW + warm-up cosine schedule.
             nested_dropout: how many tokens each training example keeps: "uniform" (k ~ U{1..K}),
-                "pow2" (k in {1, 2, 4, ..., K}) or "none" (always K).
+                "pow2" (k in {1, 2, 4, ..., K}), "pow2_full" (half the batch keeps all K, the rest pow2) or
+                "none" (always K).
             ema_decay: decay of the EMA weights used for validation and export (0 = no EMA).
             val_budgets: token budgets scored in validation (default 1, 2, 4, ..., K).
             grid_images: images per row of the validation PNG grid.

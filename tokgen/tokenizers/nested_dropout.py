@@ -2,13 +2,15 @@
 
 Per example we keep the first ``k`` tokens and replace tokens ``k+1..K`` by a learned mask token, so the
 decoder learns to reconstruct from any prefix and earlier tokens carry the coarse content (FlexTok,
-One-D-Piece). ``k`` is drawn uniformly from ``1..K`` or from the powers of two ``1, 2, 4, ..., K``.
+One-D-Piece). ``k`` is drawn uniformly from ``1..K`` or from the powers of two ``1, 2, 4, ..., K``;
+``pow2_full`` keeps all K tokens for the first half of the batch and draws the rest from the powers of two, so
+the full-length code gets as much training signal as all shorter prefixes together.
 """
 from __future__ import annotations
 
 import torch
 
-KEEP_MODES = ("uniform", "pow2", "none")
+KEEP_MODES = ("uniform", "pow2", "pow2_full", "none")
 
 
 def power_of_two_budgets(num_tokens: int) -> list[int]:
@@ -29,9 +31,12 @@ def sample_keep_lengths(
         return torch.full((batch_size,), num_tokens, dtype=torch.long, device=device)
     if mode == "uniform":
         return torch.randint(1, num_tokens + 1, (batch_size,), generator=generator).to(device)
-    if mode == "pow2":
+    if mode in ("pow2", "pow2_full"):
         choices = torch.tensor(power_of_two_budgets(num_tokens))
-        return choices[torch.randint(len(choices), (batch_size,), generator=generator)].to(device)
+        keep = choices[torch.randint(len(choices), (batch_size,), generator=generator)]
+        if mode == "pow2_full":
+            keep[: batch_size // 2] = num_tokens
+        return keep.to(device)
     raise ValueError(f"nested dropout mode={mode!r} is not supported; use one of {KEEP_MODES}")
 
 

@@ -1,0 +1,82 @@
+"""Smoke checks of the benchmark scripts' workloads and arithmetic (no timings are asserted)."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+from _common import throughput  # noqa: E402
+from run_all import last_json, markdown, targets  # noqa: E402
+from tokenizer_throughput import TokSmallV1  # noqa: E402
+
+
+def test_tok_small_v1_matches_the_workload_sizes():
+    """BENCHMARK_WORKLOADS tok-small-v1: ~6.53 M parameters (encoder ~3.24 M, decoder ~3.24 M, codebook 49k),
+    forward ~1.23 GFLOP per image (2 x parameters in blocks x 97 tokens, both halves)."""
+    model = TokSmallV1()
+    total = sum(p.numel() for p in model.parameters())
+    assert total == 6_532_128
+    assert model.quantizer.codebook.shape == (4096, 12) and model.quantizer.normalize
+    decoder = sum(p.numel() for m in (model.from_token, model.token_pos, model.decoder, model.to_pixels, model.conv_out)
+                  for p in m.parameters()) + model.dec_class.numel() + model.mask_token.numel() + model.dec_pos.weight.numel()
+    assert abs(decoder - 3.24e6) < 0.01e6 and abs(total - decoder - 49_152 - 3.24e6) < 0.01e6
+    assert model.seq_len == 97
+    assert model.flops_forward() == 2 * 2 * 4 * 789_760 * 97  # 2 halves x 2 x (4 blocks of 789,760) x 97 tokens
+    assert abs(model.flops_forward() / 1e9 - 1.23) < 0.01
+
+
+def test_tok_small_v1_round_trip_shapes_and_vq_loss():
+    torch.manual_seed(0)
+    model = TokSmallV1()
+    images = torch.rand(2, 3, 64, 64)
+    recon, codes, aux = model(images)
+    assert recon.shape == images.shape and codes.shape == (2, 32) and codes.dtype == torch.long
+    assert set(aux) == {"vq_codebook", "vq_commit"}
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(model.encode_latents(images), dim=-1)
+        q = model.quantizer.codes_to_latents(codes)
+    assert torch.allclose(aux["vq_codebook"], ((q - z) ** 2).mean(), atol=1e-6)
+    assert torch.allclose(aux["vq_commit"], 0.25 * ((q - z) ** 2).mean(), atol=1e-6)
+    model.eval()
+    with torch.inference_mode():
+        assert torch.equal(model.encode(images), codes)
+        assert model.decode(codes).shape == images.shape
+
+
+def test_scaling_variants_build():
+    assert TokSmallV1(num_tokens=16).seq_len == 81
+    assert TokSmallV1(image_size=128).seq_len == 16 * 16 + 1 + 32
+
+
+def test_throughput_and_mfu_arithmetic():
+    t = throughput(flops_per_item=3 * 1.2e9, items=32, seconds=2.0, peak_gflop_per_s=100.0)
+    assert t["items_per_s"] == 16.0
+    assert t["model_gflop_per_s"] == pytest.approx(57.6)
+    assert t["mfu"] == pytest.approx(0.576)
+
+
+def test_run_all_targets_and_table():
+    runs = {
+        "tokenizer_throughput": {"status": "ok", "result": {"training": {"mfu": 0.72}}},
+        "generation_cost": {"status": "ok", "result": {
+            "nocfg": {"cache": {"256": {"ms_per_token": 6.5}}, "cache_t256_over_t32": 8.7},
+            "cfg2": {"cache": {}, "cache_t256_over_t32": 9.5}}},
+    }
+    rows = {r["target"]: r for r in targets(runs, total_s=300.0)}
+    assert rows["tok-small-v1 training MFU"]["pass"] is True and rows["tok-small-v1 training MFU"]["measured"] == 72.0
+    assert rows["ar-small-v1 decode ms/token, k=256, no CFG"]["pass"] is True
+    assert rows["t(256)/t(32), no CFG"]["pass"] is False
+    assert rows["t(256)/t(32) with KV cache, no CFG (issue 4)"]["pass"] is True
+    assert rows["t(256)/t(32), CFG 2.0"]["pass"] is False
+    assert rows["run_all.py wall time"]["pass"] is True
+    assert targets({}, 1.0)[0]["pass"] is None  # not measured -> n/a, not a failure
+    table = markdown({"date": "d", "machine": "m", "threads": 2, "torch": "t", "total_s": 300.0,
+                      "targets": list(rows.values()), "benchmarks": runs})
+    assert "| tok-small-v1 training MFU | 8 | 72.0 % | >= 70 % |" in table and "**no**" in table
+
+
+def test_last_json_takes_the_last_json_line():
+    assert last_json('progress\n{"a": 1}\n{"b": 2}\n') == {"b": 2}
+    assert last_json("no json here") is None
