@@ -66,16 +66,19 @@ def score(tokenizer, images: torch.Tensor, budgets: list[int], batch_size: int =
 
 def markdown_table(paths: list[str]) -> str:
     """One row per JSON written by this script: name, what changed, PSNR per k, SSIM, usage, time."""
-    rows = ["| run | overrides | steps | test images | PSNR (dB) per k | SSIM @K | codebook usage | s/step |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | change | K | steps | test images | PSNR (dB) per k | SSIM @K | codebook usage | s/step |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
         with open(path) as f:
             r = json.loads(f.read().strip().splitlines()[-1])
         best = r.get("ema") or r["raw"]
         per_k = ", ".join(f"k={k}: {v['psnr']:.2f}" for k, v in best["per_k"].items())
         usage = f"{r['codebook_usage']:.1%}" if r.get("codebook_usage") is not None else "-"
-        change = " ".join(o.split("init_args.")[-1] for o in r["overrides"]) or "(recipe)"
-        rows.append(f"| {r['name']} | {change} | {r['steps']} | {r['test_images']} | {per_k} | {r['ssim']:.3f} "
+        change = [o.split("init_args.")[-1] for o in r["overrides"]]
+        if r["nested_dropout"] != "none":
+            change.insert(0, f"nested dropout {r['nested_dropout']}")
+        change = " ".join(change) or "(recipe)"
+        rows.append(f"| {r['name']} | {change} | {r['num_tokens']} | {r['steps']} | {r['test_images']} | {per_k} | {r['ssim']:.3f} "
                     f"| {usage} | {r['s_per_step']:.2f} |")
     return "\n".join(rows)
 

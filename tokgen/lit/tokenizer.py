@@ -51,6 +51,7 @@ class TokenizerModule(L.LightningModule):
         loss: LossConfig | None = None,
         optim: OptimConfig | None = None,
         nested_dropout: str = "uniform",
+        nested_full_fraction: float = 0.5,
         ema_decay: float = 0.999,
         val_budgets: list[int] | None = None,
         grid_images: int = 8,
@@ -61,8 +62,9 @@ class TokenizerModule(L.LightningModule):
             loss: pixel / perceptual / GAN loss settings.
             optim: AdamW + warm-up cosine schedule.
             nested_dropout: how many tokens each training example keeps: "uniform" (k ~ U{1..K}),
-                "pow2" (k in {1, 2, 4, ..., K}), "pow2_full" (half the batch keeps all K, the rest pow2) or
+                "pow2" (k in {1, 2, 4, ..., K}), "pow2_full" (a fraction nested_full_fraction of the batch keeps all K, the rest pow2) or
                 "none" (always K).
+            nested_full_fraction: with "pow2_full", the fraction of each batch that keeps all K tokens.
             ema_decay: decay of the EMA weights used for validation and export (0 = no EMA).
             val_budgets: token budgets scored in validation (default 1, 2, 4, ..., K).
             grid_images: images per row of the validation PNG grid.
@@ -77,6 +79,9 @@ class TokenizerModule(L.LightningModule):
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
         self.nested_dropout = nested_dropout
+        if not 0.0 <= nested_full_fraction <= 1.0:
+            raise ValueError(f"nested_full_fraction={nested_full_fraction} must be in [0, 1]")
+        self.nested_full_fraction = nested_full_fraction
         self.ema_decay = ema_decay
         self.grid_images = grid_images
 
@@ -144,7 +149,8 @@ class TokenizerModule(L.LightningModule):
         sched = sched[0] if isinstance(sched, (list, tuple)) else sched
         lc = self.loss_config
 
-        keep = sample_keep_lengths(images.shape[0], self.tokenizer.num_tokens, self.nested_dropout, device=images.device)
+        keep = sample_keep_lengths(images.shape[0], self.tokenizer.num_tokens, self.nested_dropout,
+                                   device=images.device, full_fraction=self.nested_full_fraction)
         recon, codes, aux = self.tokenizer(images, keep)
         rec = pixel_loss(recon, images, lc.reconstruction)
         loss = rec + sum(aux.values(), torch.zeros((), device=images.device))

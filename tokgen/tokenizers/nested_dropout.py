@@ -3,8 +3,8 @@
 Per example we keep the first ``k`` tokens and replace tokens ``k+1..K`` by a learned mask token, so the
 decoder learns to reconstruct from any prefix and earlier tokens carry the coarse content (FlexTok,
 One-D-Piece). ``k`` is drawn uniformly from ``1..K`` or from the powers of two ``1, 2, 4, ..., K``;
-``pow2_full`` keeps all K tokens for the first half of the batch and draws the rest from the powers of two, so
-the full-length code gets as much training signal as all shorter prefixes together.
+``pow2_full`` keeps all K tokens for a fraction ``full_fraction`` (default half) of the batch and draws the
+rest from the powers of two, so the full-length code gets as much training signal as all shorter prefixes.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def power_of_two_budgets(num_tokens: int) -> list[int]:
 
 def sample_keep_lengths(
     batch_size: int, num_tokens: int, mode: str = "uniform", generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", full_fraction: float = 0.5,
 ) -> torch.Tensor:
     """Number of kept tokens per example: (B,) int64 in 1..K."""
     if mode == "none":
@@ -35,7 +35,9 @@ def sample_keep_lengths(
         choices = torch.tensor(power_of_two_budgets(num_tokens))
         keep = choices[torch.randint(len(choices), (batch_size,), generator=generator)]
         if mode == "pow2_full":
-            keep[: batch_size // 2] = num_tokens
+            if not 0.0 <= full_fraction <= 1.0:
+                raise ValueError(f"full_fraction={full_fraction} must be in [0, 1]")
+            keep[: int(round(batch_size * full_fraction))] = num_tokens
         return keep.to(device)
     raise ValueError(f"nested dropout mode={mode!r} is not supported; use one of {KEEP_MODES}")
 
