@@ -60,6 +60,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("tokgen.commands.sample:main", "sample images from a generator + tokenizer at chosen token budgets"),
     "eval": ("tokgen.commands.eval:main", "score a tokenizer per token budget (rFID, PSNR, SSIM, LPIPS) or samples (gFID)"),
     "train-features": ("tokgen.commands.train_features:main", "train a small classifier, export a TorchScript feature extractor"),
+    "video-tokenize": ("tokgen.commands.video_tokenize:main", "extract a video's trajectories (count + overlay video), optionally its tokens"),
+    "video-eval": ("tokgen.commands.video_tokenize:eval_main", "video PSNR / SSIM of a video tokenizer per number of tokens"),
 }
 
 

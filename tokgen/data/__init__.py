@@ -4,6 +4,8 @@
 - :class:`FashionMNISTDataModule` — Fashion-MNIST from Debian's ``dataset-fashion-mnist`` or a download.
 - :class:`ImageFolderDataModule` — any folder of images, optionally with class subfolders.
 - :class:`TokenShardDataModule` — codes written by ``tokgen tokenize`` (generator training).
+- :class:`VideoDataModule` — video clips: ``moving_shapes`` (synthetic, ground-truth tracks) or a video folder,
+  optionally with extracted trajectories (see :mod:`tokgen.data.video`).
 """
 
 from .base import ImageDataModule
@@ -11,6 +13,7 @@ from .fmnist import FashionMNISTDataModule
 from .folder import ImageFolderDataModule
 from .shapes import ShapesDataModule, ShapesDataset
 from .tokens import TokenShardDataModule
+from .video import MovingShapesDataset, VideoDataModule, VideoFolderDataset
 
 __all__ = [
     "ImageDataModule",
@@ -19,4 +22,7 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "TokenShardDataModule",
+    "MovingShapesDataset",
+    "VideoFolderDataset",
+    "VideoDataModule",
 ]

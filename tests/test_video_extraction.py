@@ -1,0 +1,107 @@
+"""Trajectory extraction on moving_shapes: recall / purity against ground truth, count stability, output format."""
+import numpy as np
+import pytest
+import torch
+
+from tokgen.data.video import MovingShapesDataset
+from tokgen.video import (ExtractionConfig, PrecomputedMasks, Trajectories, extract_trajectories, rag_merge,
+                          track_scores)
+from tokgen.video.io import to_uint8_frames
+
+CLIPS = 6
+
+
+@pytest.fixture(scope="module")
+def clips():
+    short = MovingShapesDataset(CLIPS, num_frames=16, image_size=64, seed=123)
+    long = MovingShapesDataset(CLIPS, num_frames=32, image_size=64, seed=123)
+    return [short[i] for i in range(CLIPS)], [long[i] for i in range(CLIPS)]
+
+
+@pytest.fixture(scope="module")
+def extracted(clips):
+    short, long = clips
+    return [extract_trajectories(c["video"]) for c in short], [extract_trajectories(c["video"]) for c in long]
+
+
+def test_moving_shapes_is_deterministic_and_longer_clips_extend_shorter(clips):
+    short, long = clips
+    again = MovingShapesDataset(CLIPS, num_frames=16, image_size=64, seed=123)[2]
+    assert torch.equal(again["video"], short[2]["video"])
+    assert torch.equal(long[2]["video"][:16], short[2]["video"])  # same scene whatever the clip length
+    assert short[2]["video"].shape == (16, 3, 64, 64) and short[2]["video"].abs().max() <= 1
+    tracks = short[2]["tracks"]
+    assert tracks.shape == (16, 64, 64) and int(tracks.max()) == int(short[2]["num_shapes"])
+
+
+def test_recall_and_purity_against_ground_truth(clips, extracted):
+    scores = [track_scores(t.ids, c["tracks"].numpy()) for t, c in zip(extracted[0], clips[0])]
+    recall = np.mean([s["recall"] for s in scores])
+    purity = np.mean([s["purity"] for s in scores])
+    assert recall >= 0.9, scores
+    assert purity >= 0.9, scores
+
+
+def test_count_stays_stable_when_clip_length_doubles(extracted):
+    n16 = np.array([t.num for t in extracted[0]])
+    n32 = np.array([t.num for t in extracted[1]])
+    assert 0.8 <= n32.mean() / n16.mean() <= 1.2, (n16, n32)
+    assert np.mean(np.abs(n32 / n16 - 1) <= 0.2) >= 0.8, (n16, n32)
+
+
+def test_output_format_ordered_largest_first(extracted):
+    traj = extracted[0][0]
+    T, H, W = traj.ids.shape
+    assert (T, H, W) == (16, 64, 64) and traj.ids.min() == 0
+    areas = traj.areas
+    assert len(areas) == traj.num and (areas > 0).all() and (np.diff(areas) <= 0).all()
+    masks = traj.masks
+    assert masks.shape == (traj.num, T, H, W) and (masks.sum(0) == 1).all()  # every pixel in exactly one
+    presence, boxes = traj.presence, traj.boxes
+    assert presence.shape == (traj.num, T) and boxes.shape == (traj.num, T, 4)
+    assert np.array_equal(presence, masks.any((2, 3)))
+    k, t = np.argwhere(presence)[-1]
+    ys, xs = np.nonzero(masks[k, t])
+    np.testing.assert_allclose(boxes[k, t], [xs.min() / W, ys.min() / H, (xs.max() + 1) / W, (ys.max() + 1) / H])
+    assert (boxes[~presence] == 0).all()
+
+
+def test_external_masks_plug_in(clips):
+    clip = clips[0][1]
+    gt = clip["tracks"].numpy()
+    source = PrecomputedMasks({0: gt[0], 8: gt[8]})
+    traj = extract_trajectories(clip["video"], {"min_area": 0.0}, mask_source=source)
+    assert track_scores(traj.ids, gt)["recall"] == 1.0
+    canon = Trajectories.from_id_map(gt + 5)
+    assert canon.num == len(np.unique(gt)) and (np.diff(canon.areas) <= 0).all()
+
+
+def test_rag_merge_joins_similar_neighbours_only():
+    labels = np.repeat(np.arange(4)[None], 4, 0).repeat(2, 1)  # 4 vertical stripes (4 x 8)
+    lab = np.zeros((4, 8, 3), np.float32)
+    lab[:, 4:, 0] = 50.0  # stripes 0, 1 dark; 2, 3 bright
+    lab[:, 2:4, 1] = 3.0  # small difference between stripes 0 and 1
+    merged = rag_merge(labels, lab, threshold=10.0)
+    assert len(np.unique(merged)) == 2 and merged[0, 0] == merged[0, 3] and merged[0, 0] != merged[0, 4]
+
+
+def test_max_trajectories_caps_the_count(clips):
+    traj = extract_trajectories(clips[0][1]["video"], {"max_trajectories": 2})
+    assert traj.num <= 2 and (traj.masks.sum(0) == 1).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((0, 8, 8, 3), np.uint8), "zero frames"),
+    (np.zeros((4, 8, 8), np.uint8), r"\(T, H, W, 3\) uint8"),
+    (torch.zeros(4, 1, 8, 8), r"\(T, 3, H, W\)"),
+])
+def test_bad_frames_fail_with_one_clear_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        extract_trajectories(bad)
+
+
+def test_bad_config_names_value():
+    with pytest.raises(ValueError, match="flow_preset"):
+        ExtractionConfig(flow_preset="slow")
+    with pytest.raises(ValueError, match="unknown trajectory extraction config keys"):
+        ExtractionConfig.from_dict({"segments": 3})

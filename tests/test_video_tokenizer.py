@@ -1,0 +1,115 @@
+"""Trajectory tokenizer / decoder and the space-time patch baseline: shapes, masks, training, clear errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokgen.data.video import MovingShapesDataset, TrajectoryDataset
+from tokgen.video import VideoTokenizer, VideoTokenizerConfig, evaluate_video_tokenizer
+
+SMALL = dict(image_size=32, num_frames=4, patch_size=8, width=32, num_heads=2, encoder_depth=1, decoder_depth=1,
+             decoder_width=32, max_tokens=6)
+
+
+def make(kind="trajectory", **kw):
+    torch.manual_seed(0)
+    values = dict(SMALL, kind=kind, **kw)
+    if kind == "patch":
+        values.pop("max_tokens")
+        values.setdefault("tubelet", [2, 16, 16])
+    return VideoTokenizer(VideoTokenizerConfig.from_dict(values))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    ds = TrajectoryDataset(MovingShapesDataset(4, num_frames=4, image_size=32, seed=7), {"max_trajectories": 6})
+    items = [ds[i] for i in range(4)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("video", "traj_ids", "num_trajectories")}
+
+
+def test_trajectory_tokens_shapes_and_masks(batch):
+    model = make()
+    video, ids = batch["video"], batch["traj_ids"]
+    z_q, codes, token_mask, aux = model.encode(video, ids)
+    assert z_q.shape == (4, 6, 16) and token_mask.shape == (4, 6)
+    # one token per trajectory: the mask marks exactly the first num_trajectories slots, padding is zero
+    expected = torch.arange(6)[None] < batch["num_trajectories"][:, None]
+    assert torch.equal(token_mask, expected)
+    assert (z_q[~token_mask] == 0).all()
+    recon, alpha = model.decode(z_q, token_mask)
+    assert recon.shape == video.shape and alpha.shape == (4, 6, 4, 32, 32)
+    weights = alpha.softmax(1)
+    assert torch.allclose(weights.sum(1), torch.ones(4, 4, 32, 32), atol=1e-5)
+    assert (weights[~token_mask] == 0).all()  # padding slots never contribute
+    # a prefix of trajectories decodes (coarse clip) and a token of another clip does not leak in
+    keep = token_mask & (torch.arange(6) < 1)
+    recon1, alpha1 = model.decode(z_q, keep)
+    assert torch.isfinite(recon1).all() and (alpha1.softmax(1)[:, 0] == 1).all()
+    # the token of a trajectory follows the pixels under its masks
+    video2 = video.clone()
+    video2[(ids[:, :, None] == 0).expand_as(video)] *= 0.5
+    z2 = model.encode(video2, ids)[0]
+    assert not torch.allclose(z2[:, 0], z_q[:, 0])
+
+
+def test_patch_baseline_shapes_and_token_count():
+    model = make("patch")
+    assert model.num_tokens == (4 // 2) * 2 * 2
+    video = torch.rand(2, 4, 3, 32, 32) * 2 - 1
+    recon, extras = model(video)
+    assert recon.shape == video.shape and extras["tokens"].shape == (2, 8, 16) and extras["token_mask"].all()
+    cfg = VideoTokenizerConfig(kind="patch", num_frames=16, image_size=64, tubelet=[4, 16, 16])
+    assert cfg.num_tokens == 64 and VideoTokenizerConfig(kind="patch", num_frames=32, image_size=64,
+                                                         tubelet=[4, 16, 16]).num_tokens == 128
+
+
+def test_fsq_quantizer_gives_codes(batch):
+    model = make(quantizer={"kind": "fsq", "levels": [5, 5, 5]})
+    z_q, codes, token_mask, _ = model.encode(batch["video"], batch["traj_ids"])
+    assert z_q.shape[-1] == 3 and codes.shape == (4, 6) and codes.dtype == torch.long
+
+
+@pytest.mark.parametrize("kind", ["trajectory", "patch"])
+def test_a_few_training_steps_lower_the_loss(batch, kind):
+    model = make(kind)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        recon, extras = model(batch["video"], batch["traj_ids"] if kind == "trajectory" else None)
+        loss = F.mse_loss(recon, batch["video"])
+        if extras["alpha_logits"] is not None:
+            loss = loss + 0.1 * F.cross_entropy(extras["alpha_logits"].clamp_min(-1e4), batch["traj_ids"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
+
+
+def test_evaluate_per_number_of_tokens(batch):
+    model = make()
+    loader = [{"video": batch["video"], "traj_ids": batch["traj_ids"]}]
+    out = evaluate_video_tokenizer(model, loader, budgets=[1, 6])
+    assert out["clips"] == 4 and set(out["psnr"]) == {1, 6} and all(v > 0 for v in out["psnr"].values())
+    # tokens_used: mean tokens decoded per clip
+    assert out["tokens_used"][1] == 1.0 and out["tokens_used"][6] == float(batch["num_trajectories"].float().mean())
+    with pytest.raises(ValueError, match="outside 1..6"):
+        evaluate_video_tokenizer(model, loader, budgets=[7])
+
+
+def test_resolution_or_length_not_trained_for_is_one_clear_error(batch):
+    model = make()
+    with pytest.raises(ValueError, match=r"trained for clips of 4 frames, 3 channels at 32x32"):
+        model.encode(torch.zeros(1, 4, 3, 64, 64), torch.zeros(1, 4, 64, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"trained for clips of 4 frames"):
+        model.encode(torch.zeros(1, 2, 3, 32, 32), torch.zeros(1, 2, 32, 32, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"max_tokens=6"):
+        model.encode(batch["video"], batch["traj_ids"] + 6)
+    with pytest.raises(ValueError, match="needs the clip's trajectory id map"):
+        model.encode(batch["video"])
+
+
+def test_bad_config_names_value():
+    with pytest.raises(ValueError, match="tubelet"):
+        VideoTokenizerConfig(kind="patch", num_frames=8, tubelet=[3, 16, 16])
+    with pytest.raises(ValueError, match="kind='slots'"):
+        VideoTokenizerConfig(kind="slots")

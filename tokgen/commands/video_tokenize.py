@@ -1,0 +1,136 @@
+"""``tokgen video-tokenize``: trajectories of a video (count + overlay), optionally its tokens and reconstruction;
+``tokgen video-eval``: video PSNR / SSIM of a video tokenizer per number of tokens.
+
+    tokgen video-tokenize clip.mp4 --out clip_trajectories.gif
+    tokgen video-tokenize clip.mp4 --ckpt runs/video_moving_shapes_tiny/checkpoints/last.ckpt --recon recon.gif
+    tokgen video-eval --ckpt runs/video_moving_shapes_tiny/checkpoints/last.ckpt --budgets 1,2,4,8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+
+def _parse_json(text: str | None, name: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} must be a JSON object, e.g. '{{\"n_segments\": 64}}'; got {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokgen video-tokenize", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("video", help="a video file (.mp4, .avi, .mov, .mkv, .webm, .gif)")
+    p.add_argument("--out", default=None, help="overlay of the trajectories, .gif or .mp4 "
+                                                "(default <video>_trajectories.gif next to the input)")
+    p.add_argument("--ckpt", default=None, help="video tokenizer checkpoint: also encode the clip into tokens "
+                                                "(its frame count, size and extraction settings are used)")
+    p.add_argument("--recon", default=None, help="with --ckpt: write the reconstruction from the tokens (.gif/.mp4)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames to read (default: all, or the model's)")
+    p.add_argument("--start", type=int, default=0, help="first frame (default 0)")
+    p.add_argument("--stride", type=int, default=1, help="frame step (default 1)")
+    p.add_argument("--size", type=int, default=None, help="resize + centre crop to SIZE x SIZE "
+                                                          "(default: the model's size, else 128)")
+    p.add_argument("--extraction", default=None, help="JSON object of ExtractionConfig fields, e.g. "
+                                                      "'{\"keyframe_interval\": 4}'")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default 8)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from ..video import VideoTokenizer, extract_trajectories, overlay, write_video
+    from ..video.io import count_frames, read_clip, to_uint8_frames
+
+    args = build_parser().parse_args(argv)
+    model = VideoTokenizer.from_checkpoint(args.ckpt) if args.ckpt else None
+    extraction = dict((getattr(model, "extraction", None) or {}) if model is not None else {})
+    extraction.update(_parse_json(args.extraction, "--extraction"))
+    size = args.size or (model.config.image_size if model is not None else 128)
+    available = count_frames(args.video)  # unreadable / zero-frame videos fail here with one message
+    if args.num_frames is not None:
+        num_frames = args.num_frames
+    elif model is not None:
+        num_frames = model.config.num_frames
+    else:
+        num_frames = max(1, (available - args.start - 1) // args.stride + 1)
+    if num_frames < 1 or args.stride < 1 or args.start < 0:
+        raise ValueError(f"--num-frames={num_frames}, --stride={args.stride} must be >= 1 and --start={args.start} >= 0")
+    frames = read_clip(args.video, args.start, num_frames, args.stride, size)  # (T, S, S, 3) uint8
+
+    traj = extract_trajectories(frames, extraction)
+    result = {"video": args.video, "frames": int(frames.shape[0]), "size": size, "trajectories": traj.num,
+              "areas": [int(a) for a in traj.areas]}
+    print(f"trajectories: {traj.num}  ({frames.shape[0]} frames at {size}x{size})")
+    out = args.out or os.path.splitext(args.video)[0] + "_trajectories.gif"
+    write_video(out, overlay(frames, traj.ids), fps=args.fps)
+    result["overlay"] = out
+    print(f"overlay: {out}")
+
+    if model is not None:
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
+        ids = torch.from_numpy(traj.ids.astype(np.int64))[None]
+        with torch.no_grad():
+            z_q, codes, token_mask, _ = model.encode(video, ids if model.config.kind == "trajectory" else None)
+            recon, _ = model.decode(z_q, token_mask)
+        result["tokens"] = int(token_mask.sum())
+        result["token_dim"] = int(z_q.shape[-1])
+        print(f"tokens: {result['tokens']} x {result['token_dim']}-d ({model.config.kind})")
+        if args.recon:
+            write_video(args.recon, to_uint8_frames(recon[0]), fps=args.fps)
+            result["recon"] = args.recon
+            print(f"reconstruction: {args.recon}")
+    print(json.dumps(result))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- video-eval
+def build_eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokgen video-eval", description="video PSNR / SSIM of a video tokenizer per "
+                                "number of tokens (trajectory tokens: the first k trajectories of each clip)")
+    p.add_argument("--ckpt", required=True, help="video tokenizer checkpoint written by `tokgen fit`")
+    p.add_argument("--data", default="moving_shapes", help="moving_shapes (validation clips) or folder:PATH")
+    p.add_argument("--budgets", default=None, help="comma-separated token counts, e.g. 1,2,4,8 (default 1,2,4,..,K)")
+    p.add_argument("--num-clips", type=int, default=64, help="clips to score (default 64)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default=None, help="write the result JSON here")
+    return p
+
+
+def eval_main(argv: list[str] | None = None) -> dict:
+    from ..data.video import VideoDataModule
+    from ..video import VideoTokenizer, evaluate_video_tokenizer
+
+    args = build_eval_parser().parse_args(argv)
+    model = VideoTokenizer.from_checkpoint(args.ckpt)
+    c = model.config
+    name, _, root = args.data.partition(":")
+    if name not in ("moving_shapes", "folder") or (name == "folder") != bool(root):
+        raise ValueError(f"--data {args.data!r} is not accepted; use moving_shapes or folder:PATH")
+    K = model.num_tokens
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else sorted({min(2**i, K) for i in range(K.bit_length() + 1)})
+    extraction = dict(getattr(model, "extraction", None) or {})
+    extraction.setdefault("max_trajectories", c.max_tokens)
+    dm = VideoDataModule(dataset=name, root=root or None, num_frames=c.num_frames, image_size=c.image_size,
+                         val_size=args.num_clips, trajectories=c.kind == "trajectory", extraction=extraction,
+                         batch_size=args.batch_size)
+    result = evaluate_video_tokenizer(model, dm.val_dataloader(), budgets, limit=args.num_clips)
+    print(f"{c.kind} tokenizer, {result['clips']} clips ({c.num_frames} frames at {c.image_size}x{c.image_size})")
+    print("| tokens k | mean tokens used | PSNR dB | SSIM |\n|---|---|---|---|")
+    for k in result["budgets"]:
+        print(f"| {k} | {result['tokens_used'][k]:.2f} | {result['psnr'][k]:.2f} | {result['ssim'][k]:.4f} |")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({**result, "ckpt": args.ckpt, "data": args.data}, f, indent=2)
+    print(json.dumps({k: result[k] for k in ("kind", "clips", "psnr", "ssim")}))
+    return result

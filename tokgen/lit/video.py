@@ -1,0 +1,169 @@
+"""LightningModule that trains a video tokenizer (trajectory tokens or the space-time patch baseline).
+
+Loss: pixel MSE of the composited clip, plus for trajectory tokens a cross-entropy that makes the decoder's
+alpha softmax over tokens reproduce the extracted trajectory masks (``alpha_weight``), plus quantizer losses.
+Validation logs ``val/psnr`` (all tokens), ``val/psnr_k{k}`` (first k trajectories), ``val/ssim`` and
+``val/tokens`` (mean trajectories per clip), and writes ``samples/val_latest.png`` (rows: frames of the
+original clips, then their reconstructions).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from ..metrics import to_unit
+from ..video.metrics import video_psnr, video_ssim
+from ..video.tokenizer import VideoTokenizer, VideoTokenizerConfig
+from .ema import ema_update
+from .schedule import warmup_cosine
+from .tokenizer import OptimConfig
+
+
+class VideoTokenizerModule(L.LightningModule):
+    def __init__(
+        self,
+        tokenizer: VideoTokenizerConfig | None = None,
+        optim: OptimConfig | None = None,
+        alpha_weight: float = 0.1,
+        ema_decay: float = 0.0,
+        val_budgets: list[int] | None = None,
+        grid_clips: int = 4,
+    ):
+        """
+        Args:
+            tokenizer: architecture (``kind: trajectory`` or ``kind: patch``).
+            optim: AdamW + warm-up cosine schedule.
+            alpha_weight: weight of the mask cross-entropy on the alpha logits (trajectory tokens only).
+            ema_decay: EMA of the weights used for validation and export (0 = off).
+            val_budgets: numbers of trajectories scored in validation (default 1, 2, 4, ..., K).
+            grid_clips: clips shown in the validation PNG.
+        """
+        super().__init__()
+        self.tokenizer_config = tokenizer or VideoTokenizerConfig()
+        self.optim_config = optim or OptimConfig()
+        if alpha_weight < 0:
+            raise ValueError(f"alpha_weight={alpha_weight} must be >= 0")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
+        self.alpha_weight, self.ema_decay, self.grid_clips = alpha_weight, ema_decay, grid_clips
+        self.tokenizer = VideoTokenizer(self.tokenizer_config)
+        K = self.tokenizer.num_tokens
+        if self.tokenizer_config.kind == "trajectory":
+            default = sorted({min(2**i, K) for i in range(K.bit_length() + 1)})
+            self.val_budgets = sorted(set(val_budgets or default))
+        else:
+            self.val_budgets = [K]
+        bad = [k for k in self.val_budgets if not 1 <= k <= K]
+        if bad:
+            raise ValueError(f"val_budgets {bad} are outside the accepted range 1..{K}")
+        self.ema_tokenizer = copy.deepcopy(self.tokenizer).requires_grad_(False) if ema_decay > 0 else None
+        self._val_grid = None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        c = self.tokenizer_config
+        for name, want in (("image_size", c.image_size), ("num_frames", c.num_frames), ("channels", c.channels)):
+            got = getattr(dm, name, None)
+            if got is not None and got != want:
+                raise ValueError(f"data {name}={got} does not match the video tokenizer's {name}={want}; "
+                                 f"set data.init_args.{name}: {want} or model.tokenizer.{name}: {got}")
+        if c.kind == "trajectory":
+            if not getattr(dm, "trajectories", True):
+                raise ValueError("the trajectory tokenizer needs data.init_args.trajectories: true")
+            max_traj = (getattr(dm, "extraction", None) or {}).get("max_trajectories")
+            if max_traj is None or max_traj > c.max_tokens:
+                raise ValueError(f"set data.init_args.extraction.max_trajectories <= max_tokens={c.max_tokens} "
+                                 f"(got {max_traj}) so every clip fits the token slots")
+
+    def eval_tokenizer(self) -> VideoTokenizer:
+        return self.ema_tokenizer if self.ema_tokenizer is not None else self.tokenizer
+
+    def configure_optimizers(self):
+        o = self.optim_config
+        decay = [p for p in self.tokenizer.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.tokenizer.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2))
+        total = o.total_steps or (self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0
+                                  else 10_000)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if self.optim_config.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
+
+    def compute_loss(self, model: VideoTokenizer, batch: dict) -> tuple[torch.Tensor, dict]:
+        video = batch["video"]
+        ids = batch.get("traj_ids") if model.config.kind == "trajectory" else None
+        recon, extras = model(video, ids)
+        rec = F.mse_loss(recon, video)
+        loss = rec + sum(extras["aux"].values(), torch.zeros((), device=video.device))
+        logs = {"rec": rec.detach()}
+        if extras["alpha_logits"] is not None and self.alpha_weight > 0:
+            logits = extras["alpha_logits"].clamp_min(-1e4)  # padding slots are -inf
+            ce = F.cross_entropy(logits, ids.long())
+            loss = loss + self.alpha_weight * ce
+            logs["alpha_ce"] = ce.detach()
+        logs.update({k: v.detach() for k, v in extras["aux"].items()})
+        return loss, logs
+
+    def training_step(self, batch, batch_idx):
+        loss, logs = self.compute_loss(self.tokenizer, batch)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=batch["video"].shape[0])
+        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_tokenizer is not None:
+            ema_update(self.ema_tokenizer, self.tokenizer, self.ema_decay, self.global_step)
+
+    def _eval_step(self, batch, batch_idx, stage: str) -> None:
+        model = self.eval_tokenizer()
+        video = batch["video"]
+        ids = batch.get("traj_ids") if model.config.kind == "trajectory" else None
+        z_q, _, token_mask, _ = model.encode(video, ids)
+        B, K = token_mask.shape
+        for k in self.val_budgets:
+            keep = token_mask & (torch.arange(K, device=video.device) < k)
+            recon, _ = model.decode(z_q, keep)
+            self.log(f"{stage}/psnr_k{k}", video_psnr(recon, video).mean(), batch_size=B, sync_dist=True)
+        self.log(f"{stage}/psnr", video_psnr(recon, video).mean(), prog_bar=True, batch_size=B, sync_dist=True)
+        self.log(f"{stage}/ssim", video_ssim(recon, video).mean(), batch_size=B, sync_dist=True)
+        self.log(f"{stage}/tokens", token_mask.sum(1).float().mean(), batch_size=B, sync_dist=True)
+        if batch_idx == 0:
+            n = min(self.grid_clips, B)
+            self._val_grid = torch.stack([video[:n], recon[:n]], 1).flatten(0, 1)  # (2n, T, C, H, W)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        out_dir = os.path.join(self.trainer.default_root_dir, "samples")
+        os.makedirs(out_dir, exist_ok=True)
+        grid = to_unit(self._val_grid)  # rows alternate original / reconstruction, columns = frames
+        for name in (f"val_step{self.global_step:07d}.png", "val_latest.png"):
+            save_image(grid.flatten(0, 1).float().cpu(), os.path.join(out_dir, name), nrow=grid.shape[1], padding=1)
+        self._val_grid = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["tokgen"] = {
+            "kind": "video_tokenizer",
+            "video_tokenizer_config": self.tokenizer_config.to_dict(),
+            "optim_config": asdict(self.optim_config),
+            "extraction": dict(getattr(dm, "extraction", None) or {}) if dm is not None else None,
+        }

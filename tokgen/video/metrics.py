@@ -1,0 +1,73 @@
+"""Video reconstruction metrics per number of tokens.
+
+Protocol (the image protocol of :mod:`tokgen.metrics`, applied frame by frame): clips in [-1, 1] are rounded
+to uint8 as a video file stores them; PSNR per clip over all frames and pixels (one MSE per clip); SSIM per
+frame (torchmetrics, 11x11 Gaussian, sigma 1.5), averaged over the clip's frames; each metric is the mean
+over clips.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..metrics import psnr, ssim, to_uint8
+
+
+def _unit(video: torch.Tensor) -> torch.Tensor:
+    return to_uint8(video).float() / 255.0
+
+
+def video_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) clips in [-1, 1] -> (B,) PSNR in dB over each whole clip (8-bit rounded)."""
+    return psnr(_unit(pred).flatten(1, 2), _unit(target).flatten(1, 2))
+
+
+def video_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) clips in [-1, 1] -> (B,) SSIM averaged over frames (8-bit rounded)."""
+    B, T = pred.shape[:2]
+    return ssim(_unit(pred).flatten(0, 1), _unit(target).flatten(0, 1)).view(B, T).mean(1)
+
+
+@torch.no_grad()
+def evaluate_video_tokenizer(model, loader, budgets: list[int] | None = None, limit: int | None = None,
+                             metrics: tuple[str, ...] = ("psnr", "ssim")) -> dict:
+    """Score a :class:`tokgen.video.VideoTokenizer` on ``loader`` (dicts with "video" and, for trajectory
+    tokenizers, "traj_ids").
+
+    For trajectory tokens, budget k decodes the first k trajectories of each clip (largest first; a clip
+    with fewer trajectories uses all of them), so the table reads "quality vs number of tokens"; the patch
+    baseline is scored at its fixed token count. Returns ``{"budgets": [...], "psnr": {k: dB}, "ssim": {k: v},
+    "tokens_used": {k: mean tokens actually decoded}, "clips": N}``.
+    """
+    model.eval()
+    K = model.num_tokens
+    trajectory = model.config.kind == "trajectory"
+    budgets = sorted(set(budgets or [K])) if trajectory else [K]
+    bad = [k for k in budgets if not 1 <= k <= K]
+    if bad:
+        raise ValueError(f"budgets {bad} are outside 1..{K} (the tokenizer's token count)")
+    sums = {m: {k: 0.0 for k in budgets} for m in (*metrics, "tokens_used")}
+    clips = 0
+    device = next(model.parameters()).device
+    for batch in loader:
+        video = batch["video"].to(device)
+        if limit is not None:
+            video = video[: max(0, limit - clips)]
+        if video.shape[0] == 0:
+            break
+        ids = batch["traj_ids"][: video.shape[0]].to(device) if trajectory else None
+        z_q, _, token_mask, _ = model.encode(video, ids)
+        for k in budgets:
+            keep = token_mask & (torch.arange(K, device=device) < k)
+            recon, _ = model.decode(z_q, keep)
+            if "psnr" in metrics:
+                sums["psnr"][k] += float(video_psnr(recon, video).sum())
+            if "ssim" in metrics:
+                sums["ssim"][k] += float(video_ssim(recon, video).sum())
+            sums["tokens_used"][k] += float(keep.sum())
+        clips += video.shape[0]
+        if limit is not None and clips >= limit:
+            break
+    if clips == 0:
+        raise ValueError("the evaluation data yielded no clips")
+    return {"budgets": budgets, "clips": clips, "num_tokens": K, "kind": model.config.kind,
+            **{m: {k: v / clips for k, v in s.items()} for m, s in sums.items()}}

@@ -1,0 +1,277 @@
+"""Video tokenizers: one token per trajectory (TrajViT style, made decodable), and a space-time patch baseline.
+
+**Trajectory tokenizer** (``kind="trajectory"``), for a clip ``video: (B, T, 3, H, W)`` in [-1, 1] and its
+trajectory id map ``ids: (B, T, H, W)`` (from :func:`tokgen.video.extract_trajectories`, largest first):
+
+1. Per-frame patch features: a small conv stem gives ``(B, T, D, g, g)`` on a g x g grid (g = H / patch_size).
+2. Masked pooling: every trajectory's masks, area-pooled to the grid, average the features of each frame ->
+   ``(B, K, T, D)``; K = ``max_tokens`` slots, trajectories beyond the clip's count are padding.
+3. Track embedding: each frame's box (x0, y0, x1, y1) and area fraction, plus a sin-cos time embedding.
+4. A small temporal transformer per trajectory reads ``[summary, frame_1 .. frame_T]`` with frames where
+   the trajectory is absent masked out; the summary becomes the trajectory's ONE token, projected to the
+   quantizer's dim and quantized (any :mod:`tokgen.quantize` quantizer; identity = continuous).
+5. Decoder (spatial broadcast): tokens first exchange information in one masked transformer block, then each
+   token is broadcast over the (t, y, x) grid, added to a Fourier embedding of the position, and an MLP
+   predicts for each grid cell a patch of RGB values and alpha logits. A softmax over the tokens' alpha logits
+   (padding tokens excluded) composites the per-token RGB into the clip. The alpha logits are supervised by
+   the extracted masks (cross-entropy, in :mod:`tokgen.lit.video`), the geometry itself is carried in the token.
+
+**Patch baseline** (``kind="patch"``, ViT3D style): non-overlapping ``tubelet = (t, h, w)`` space-time patches,
+one token each (a transformer encoder over them), the same quantizer, and a transformer decoder that maps the
+tokens back to their tubelets. Same interface, so both are trained and scored by the same code.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DictConfig
+from ..nn import Transformer, TransformerBlock, sincos_1d
+from ..quantize import QuantizerConfig
+from ..tokenizers.tokenizer1d import _init_weights
+from .trajectories import trajectory_boxes
+
+KINDS = ("trajectory", "patch")
+
+
+@dataclass
+class VideoTokenizerConfig(DictConfig):
+    """Architecture of a video tokenizer (saved with every checkpoint; enough to rebuild the model)."""
+
+    config_name = "video tokenizer"
+
+    kind: str = "trajectory"  # "trajectory" (one token per trajectory) or "patch" (one per space-time tubelet)
+    image_size: int = 64
+    num_frames: int = 8
+    channels: int = 3
+    patch_size: int = 8  # trajectory: grid cell of the pooled features and of the decoder's output patches
+    width: int = 128  # transformer width
+    num_heads: int = 4
+    encoder_depth: int = 2  # trajectory: temporal transformer; patch: ViT3D encoder
+    decoder_depth: int = 2  # trajectory: hidden layers of the broadcast MLP; patch: transformer decoder
+    decoder_width: int = 96  # trajectory: width of the broadcast MLP
+    max_tokens: int = 8  # trajectory: token slots K (a clip with more trajectories is an error)
+    tubelet: list[int] = field(default_factory=lambda: [4, 32, 32])  # patch: (t, h, w)
+    quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(kind="identity", dim=16, bound="tanh"))
+
+    def __post_init__(self):
+        if isinstance(self.quantizer, dict):
+            self.quantizer = QuantizerConfig(**self.quantizer)
+        if self.kind not in KINDS:
+            raise ValueError(f"video tokenizer kind={self.kind!r} is not supported; use one of {KINDS}")
+        for name in ("image_size", "num_frames", "channels", "patch_size", "width", "num_heads", "encoder_depth",
+                     "decoder_depth", "decoder_width", "max_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"video tokenizer {name}={value!r} must be a positive int")
+        if self.width % self.num_heads:
+            raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
+        if self.kind == "trajectory" and self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
+        if self.kind == "patch":
+            self.tubelet = list(self.tubelet)
+            t, h, w = self.tubelet if len(self.tubelet) == 3 else (0, 0, 0)
+            if len(self.tubelet) != 3 or min(self.tubelet) < 1 or self.num_frames % t or self.image_size % h \
+                    or self.image_size % w:
+                raise ValueError(
+                    f"tubelet={self.tubelet} must be 3 positive ints (t, h, w) dividing num_frames={self.num_frames} "
+                    f"and image_size={self.image_size}"
+                )
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per clip: the slots K of the trajectory tokenizer, or the tubelet count of the baseline."""
+        if self.kind == "trajectory":
+            return self.max_tokens
+        t, h, w = self.tubelet
+        return (self.num_frames // t) * (self.image_size // h) * (self.image_size // w)
+
+
+def fourier_features(coords: torch.Tensor, num_bands: int) -> torch.Tensor:
+    """coords (P, C) in [0, 1] -> (P, C * (2 * num_bands + 1)): the coords and sin/cos at octave frequencies."""
+    freqs = (2.0 ** torch.arange(num_bands, dtype=torch.float32)) * math.pi  # (F,)
+    angles = coords[..., None] * freqs  # (P, C, F)
+    return torch.cat([coords, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)
+
+
+class VideoTokenizer(nn.Module):
+    """Trajectory tokenizer or space-time patch baseline (see the module docstring), one interface:
+
+    ``forward(video, ids=None) -> (recon (B, T, C, H, W), extras)`` with ``extras`` holding ``tokens``
+    (B, K, d), ``token_mask`` (B, K) bool, ``codes``, ``aux`` (quantizer losses) and, for trajectories,
+    ``alpha_logits`` (B, K, T, H, W).
+    """
+
+    def __init__(self, config: VideoTokenizerConfig | dict | None = None):
+        super().__init__()
+        if isinstance(config, dict):
+            config = VideoTokenizerConfig.from_dict(config)
+        self.config = c = config or VideoTokenizerConfig()
+        self.quantizer = c.quantizer.build()
+        d_tok = c.quantizer.token_dim
+        if c.kind == "trajectory":
+            self.grid = c.image_size // c.patch_size
+            self.stem = nn.Sequential(
+                nn.Conv2d(c.channels, c.width // 2, 3, padding=1), nn.GELU(),
+                nn.Conv2d(c.width // 2, c.width, c.patch_size, stride=c.patch_size), nn.GELU(),
+                nn.Conv2d(c.width, c.width, 3, padding=1),
+            )
+            self.feature_proj = nn.Linear(c.width, c.width)
+            self.box_proj = nn.Linear(5, c.width)
+            self.register_buffer("time_emb", sincos_1d(torch.arange(c.num_frames), c.width), persistent=False)
+            self.summary = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
+            self.temporal = Transformer(c.width, c.encoder_depth, c.num_heads)
+            self.to_token = nn.Linear(c.width, d_tok)
+            # decoder
+            self.from_token = nn.Linear(d_tok, c.width)
+            self.token_mixer = TransformerBlock(c.width, c.num_heads)
+            self.mixer_norm = nn.LayerNorm(c.width)
+            t = torch.linspace(0, 1, c.num_frames) if c.num_frames > 1 else torch.zeros(1)
+            yx = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid
+            coords = torch.stack(torch.meshgrid(t, yx, yx, indexing="ij"), -1).reshape(-1, 3)  # (P, 3): t, y, x
+            self.register_buffer("pos_features", fourier_features(coords, 6), persistent=False)
+            self.pos_proj = nn.Linear(self.pos_features.shape[1], c.decoder_width)
+            self.token_to_hidden = nn.Linear(c.width, c.decoder_width)
+            layers = []
+            for _ in range(c.decoder_depth):
+                layers += [nn.GELU(), nn.Linear(c.decoder_width, c.decoder_width)]
+            self.broadcast_mlp = nn.Sequential(*layers, nn.GELU())
+            self.to_patch = nn.Linear(c.decoder_width, c.patch_size * c.patch_size * (c.channels + 1))
+        else:
+            tt, th, tw = c.tubelet
+            self.tubelet_grid = (c.num_frames // tt, c.image_size // th, c.image_size // tw)
+            self.embed = nn.Conv3d(c.channels, c.width, kernel_size=tuple(c.tubelet), stride=tuple(c.tubelet))
+            self.enc_pos = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
+            self.encoder = Transformer(c.width, c.encoder_depth, c.num_heads)
+            self.to_token = nn.Linear(c.width, d_tok)
+            self.from_token = nn.Linear(d_tok, c.width)
+            self.dec_pos = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
+            self.decoder = Transformer(c.width, c.decoder_depth, c.num_heads)
+            self.to_pixels = nn.Linear(c.width, tt * th * tw * c.channels)
+        for module in (getattr(self, n, None) for n in ("temporal", "token_mixer", "encoder", "decoder")):
+            if module is not None:
+                module.apply(_init_weights)  # transformer init; convs and the broadcast MLP keep PyTorch's
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_tokens
+
+    # ------------------------------------------------------------------ checks
+    def check_video(self, video: torch.Tensor) -> None:
+        c = self.config
+        want = (c.num_frames, c.channels, c.image_size, c.image_size)
+        if video.ndim != 5 or tuple(video.shape[1:]) != want:
+            raise ValueError(
+                f"this video tokenizer was trained for clips of {c.num_frames} frames, {c.channels} channels at "
+                f"{c.image_size}x{c.image_size} (B, T, C, H, W) = (B, {', '.join(map(str, want))}); got shape "
+                f"{tuple(video.shape)}. Resample the clip to that length and resolution."
+            )
+
+    def check_ids(self, ids: torch.Tensor | None, video: torch.Tensor) -> torch.Tensor:
+        if ids is None:
+            raise ValueError("the trajectory tokenizer needs the clip's trajectory id map (B, T, H, W); "
+                             "compute it with tokgen.video.extract_trajectories")
+        B, T, _, H, W = video.shape
+        if tuple(ids.shape) != (B, T, H, W):
+            raise ValueError(f"trajectory ids must be (B, T, H, W) = {(B, T, H, W)}, got {tuple(ids.shape)}")
+        n = int(ids.max()) + 1
+        if int(ids.min()) < 0 or n > self.config.max_tokens:
+            raise ValueError(
+                f"trajectory ids must lie in 0..{self.config.max_tokens - 1} (max_tokens={self.config.max_tokens}); "
+                f"got {int(ids.min())}..{n - 1}. Extract with max_trajectories <= {self.config.max_tokens}."
+            )
+        return ids.long()
+
+    # ------------------------------------------------------------------ trajectory encoder
+    def _encode_trajectories(self, video: torch.Tensor, ids: torch.Tensor):
+        c, K = self.config, self.config.max_tokens
+        B, T, C, H, W = video.shape
+        feats = self.stem(video.flatten(0, 1)).view(B, T, c.width, self.grid, self.grid)  # (B, T, D, g, g)
+        onehot = F.one_hot(ids, K).permute(0, 4, 1, 2, 3).float()  # (B, K, T, H, W)
+        cell = F.avg_pool2d(onehot.flatten(0, 2)[:, None], c.patch_size).view(B, K, T, self.grid, self.grid)
+        mass = cell.flatten(3).sum(-1)  # (B, K, T): area in grid cells
+        pooled = torch.einsum("bktyx,btdyx->bktd", cell, feats) / mass.clamp_min(1e-6)[..., None]
+        boxes, present = trajectory_boxes(ids, K)  # (B, K, T, 4), (B, K, T)
+        area = mass / (self.grid * self.grid)
+        frame_tokens = self.feature_proj(pooled) + self.box_proj(torch.cat([boxes, area[..., None]], -1)) + self.time_emb
+        seq = torch.cat([self.summary.expand(B * K, 1, -1), frame_tokens.flatten(0, 1)], 1)  # (B*K, 1+T, D)
+        valid = torch.cat([torch.ones(B * K, 1, dtype=torch.bool, device=video.device), present.flatten(0, 1)], 1)
+        out = self.temporal(seq, valid[:, None, :].expand(-1, T + 1, -1))
+        token_mask = present.any(-1)  # (B, K): slots holding a trajectory
+        return self.to_token(out[:, 0]).view(B, K, -1), token_mask
+
+    # ------------------------------------------------------------------ trajectory decoder
+    def _decode_trajectories(self, z_q: torch.Tensor, token_mask: torch.Tensor):
+        c = self.config
+        B, K, _ = z_q.shape
+        x = self.from_token(z_q)
+        x = self.mixer_norm(self.token_mixer(x, token_mask[:, None, :].expand(-1, K, -1)))  # (B, K, D)
+        h = self.token_to_hidden(x)[:, :, None, :] + self.pos_proj(self.pos_features)[None, None]  # (B, K, P, Dd)
+        out = self.to_patch(self.broadcast_mlp(h))  # (B, K, P, p*p*(C+1))
+        g, p = self.grid, c.patch_size
+        out = out.view(B, K, c.num_frames, g, g, p, p, c.channels + 1)
+        out = out.permute(0, 1, 2, 7, 3, 5, 4, 6).reshape(B, K, c.num_frames, c.channels + 1, g * p, g * p)
+        rgb, alpha = out[:, :, :, : c.channels], out[:, :, :, c.channels]  # (B, K, T, C, H, W), (B, K, T, H, W)
+        alpha = alpha.masked_fill(~token_mask[:, :, None, None, None], float("-inf"))
+        weights = alpha.softmax(dim=1)
+        recon = (weights[:, :, :, None] * rgb).sum(1)  # (B, T, C, H, W)
+        return recon, alpha
+
+    # ------------------------------------------------------------------ patch baseline
+    def _encode_patches(self, video: torch.Tensor):
+        x = self.embed(video.transpose(1, 2)).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = self.encoder(x + self.enc_pos)
+        return self.to_token(x), torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+
+    def _decode_patches(self, z_q: torch.Tensor):
+        c = self.config
+        B = z_q.shape[0]
+        x = self.to_pixels(self.decoder(self.from_token(z_q) + self.dec_pos))  # (B, N, tt*th*tw*C)
+        (nt, nh, nw), (tt, th, tw) = self.tubelet_grid, c.tubelet
+        x = x.view(B, nt, nh, nw, tt, th, tw, c.channels).permute(0, 1, 4, 7, 2, 5, 3, 6)
+        return x.reshape(B, c.num_frames, c.channels, c.image_size, c.image_size)
+
+    # ------------------------------------------------------------------ public API
+    def encode(self, video: torch.Tensor, ids: torch.Tensor | None = None):
+        """video (B, T, C, H, W) in [-1, 1] (+ ids for trajectories) -> (z_q (B, K, d), codes, token_mask (B, K),
+        aux losses)."""
+        self.check_video(video)
+        if self.config.kind == "trajectory":
+            latents, token_mask = self._encode_trajectories(video, self.check_ids(ids, video))
+        else:
+            latents, token_mask = self._encode_patches(video)
+        z_q, codes, aux = self.quantizer(latents)
+        return z_q * token_mask[..., None], codes, token_mask, aux
+
+    def decode(self, z_q: torch.Tensor, token_mask: torch.Tensor | None = None):
+        """Tokens (B, K, d) -> (clip (B, T, C, H, W), alpha logits (B, K, T, H, W) or None). ``token_mask``
+        (B, K) marks real tokens; any subset decodes (e.g. the first k trajectories: the coarse clip)."""
+        if token_mask is None:
+            token_mask = torch.ones(z_q.shape[:2], dtype=torch.bool, device=z_q.device)
+        if self.config.kind == "trajectory":
+            return self._decode_trajectories(z_q, token_mask)
+        return self._decode_patches(z_q * token_mask[..., None]), None
+
+    def forward(self, video: torch.Tensor, ids: torch.Tensor | None = None):
+        z_q, codes, token_mask, aux = self.encode(video, ids)
+        recon, alpha = self.decode(z_q, token_mask)
+        return recon, {"tokens": z_q, "codes": codes, "token_mask": token_mask, "aux": aux, "alpha_logits": alpha}
+
+    @classmethod
+    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "VideoTokenizer":
+        """Load from a Lightning checkpoint written by ``tokgen fit`` with a video recipe (no YAML needed)."""
+        from ..checkpoint import load_checkpoint, load_module_weights
+
+        ckpt = load_checkpoint(path, map_location=map_location)
+        meta = ckpt.get("tokgen") or {}
+        if "video_tokenizer_config" not in meta:
+            raise ValueError(f"checkpoint {path} holds no video tokenizer config; was it written by a video recipe?")
+        model = cls(VideoTokenizerConfig.from_dict(meta["video_tokenizer_config"]))
+        load_module_weights(model, ckpt, "tokenizer", path, use_ema)
+        model.extraction = meta.get("extraction")
+        return model.eval()
+

@@ -1,0 +1,418 @@
+"""Trajectory extraction: segment key frames, carry the segments through the clip by optical flow, link them.
+
+The result is an id map: every pixel of every frame belongs to exactly one trajectory (a sub-object track),
+so a clip of T frames becomes N trajectories, N following the scene (how many regions move coherently),
+not the clip length.
+
+Method (all classical, CPU, no weights):
+
+1. **Key frames**: frame 0, then every ``keyframe_interval`` frames, and any frame whose mean absolute grey
+   difference to the previous one exceeds ``scene_change`` (a cut: no linking across it).
+2. **Segmentation** of a key frame by a :class:`MaskSource`. The default :class:`SuperpixelSegmenter` runs
+   skimage SLIC in CIELAB and merges adjacent superpixels whose mean colours are within
+   ``merge_threshold`` (a region adjacency graph cut at a threshold: connected components of the "similar"
+   edges), so flat regions become one segment and textured ones several. Any external segmenter (e.g. a
+   panoptic model the user has) plugs in as a callable ``frame (H, W, 3) uint8 -> labels (H, W) int``,
+   or as precomputed per-key-frame label maps (:class:`PrecomputedMasks`).
+3. **Propagation**: between key frames, the id map of frame t-1 is warped to frame t by backward dense
+   optical flow (OpenCV DIS): pixel x of frame t takes the id found at x + flow(x) in frame t-1.
+4. **Linking** at a key frame: IoU between the new segments and the propagated ids, one-to-one Hungarian
+   matching (scipy ``linear_sum_assignment``) above ``link_iou``; an unmatched segment is absorbed into the
+   propagated trajectories of the same colour when they cover at least ``absorb_fraction`` of it (the
+   segmenter split a region differently); otherwise it starts a new trajectory.
+5. **Clean-up and order**: trajectories smaller than ``min_area`` of the clip volume (and all beyond
+   ``max_trajectories``) are dissolved into their spatial neighbours; the rest are numbered by decreasing
+   space-time area, so a prefix of trajectories is the coarse version of the clip.
+
+The pipeline runs at ``work_size`` (longest side) and the id map is upsampled (nearest) to the input size.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from ..config import DictConfig
+
+FLOW_PRESETS = ("ultrafast", "fast", "medium")
+
+
+@dataclass
+class ExtractionConfig(DictConfig):
+    """Settings of :func:`extract_trajectories` (plain types, for recipes)."""
+
+    config_name = "trajectory extraction"
+
+    work_size: int = 64  # longest side the pipeline runs at (larger inputs are downscaled); 0 = input size
+    n_segments: int = 48  # SLIC superpixels per key frame
+    compactness: float = 5.0  # SLIC colour / space trade-off
+    slic_iters: int = 5  # SLIC k-means iterations
+    merge_threshold: float = 12.0  # CIELAB distance under which adjacent superpixels merge; 0 = no merging
+    keyframe_interval: int = 8  # a key frame every this many frames
+    scene_change: float = 0.25  # mean |grey difference| in [0, 1] that makes a cut; 0 = never
+    flow_preset: str = "fast"  # OpenCV DIS preset: ultrafast, fast or medium
+    link_iou: float = 0.2  # smallest IoU for a Hungarian match between a segment and a trajectory
+    absorb_fraction: float = 0.5  # an unmatched segment joins same-coloured trajectories covering this much
+    absorb_colour: float = 25.0  # CIELAB distance under which colours count as the same
+    min_area: float = 0.002  # trajectories below this fraction of the clip volume are dissolved
+    max_trajectories: int | None = None  # keep at most this many (largest first)
+
+    def __post_init__(self):
+        def check(name, ok, accepted):
+            if not ok:
+                raise ValueError(f"extraction {name}={getattr(self, name)!r} is invalid; expected {accepted}")
+
+        check("work_size", isinstance(self.work_size, int) and (self.work_size == 0 or self.work_size >= 16),
+              "0 or an int >= 16")
+        check("n_segments", isinstance(self.n_segments, int) and self.n_segments >= 1, "a positive int")
+        check("keyframe_interval", isinstance(self.keyframe_interval, int) and self.keyframe_interval >= 1,
+              "a positive int")
+        check("flow_preset", self.flow_preset in FLOW_PRESETS, f"one of {FLOW_PRESETS}")
+        check("link_iou", 0.0 <= self.link_iou <= 1.0, "a number in [0, 1]")
+        check("absorb_fraction", 0.0 < self.absorb_fraction <= 1.0, "a number in (0, 1]")
+        check("min_area", 0.0 <= self.min_area < 1.0, "a number in [0, 1)")
+        check("max_trajectories", self.max_trajectories is None
+              or (isinstance(self.max_trajectories, int) and self.max_trajectories >= 1), "None or a positive int")
+
+
+# ---------------------------------------------------------------------------------------------------- output
+@dataclass
+class Trajectories:
+    """Trajectories of one clip as an id map ``ids``: (T, H, W) int32 in 0..N-1, 0 = the largest trajectory."""
+
+    ids: np.ndarray
+
+    @property
+    def num(self) -> int:
+        return int(self.ids.max()) + 1
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(N, T, H, W) bool per-frame masks."""
+        return self.ids[None] == np.arange(self.num)[:, None, None, None]
+
+    @property
+    def areas(self) -> np.ndarray:
+        """(N,) space-time area in pixels (decreasing)."""
+        return np.bincount(self.ids.ravel(), minlength=self.num)
+
+    @property
+    def presence(self) -> np.ndarray:
+        """(N, T) bool: the trajectory has pixels in frame t."""
+        return trajectory_boxes(torch.from_numpy(self.ids.astype(np.int64))[None], self.num)[1][0].numpy()
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(N, T, 4) float boxes (x0, y0, x1, y1) in [0, 1] of the image; zeros where absent."""
+        return trajectory_boxes(torch.from_numpy(self.ids.astype(np.int64))[None], self.num)[0][0].numpy()
+
+    @classmethod
+    def from_id_map(cls, id_map: np.ndarray, max_trajectories: int | None = None, min_area: float = 0.0):
+        """Canonicalise any (T, H, W) integer id map (e.g. external tracks): renumbered largest first."""
+        id_map = np.asarray(id_map)
+        if id_map.ndim != 3 or not np.issubdtype(id_map.dtype, np.integer):
+            raise ValueError(f"an id map must be a (T, H, W) integer array, got shape {id_map.shape} {id_map.dtype}")
+        return cls(_finalize(id_map, min_area, max_trajectories))
+
+
+def trajectory_boxes(ids: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, T, H, W) int64 -> (boxes (B, num, T, 4) as (x0, y0, x1, y1) in [0, 1], presence (B, num, T) bool).
+
+    Boxes span pixel edges: a one-pixel trajectory at column x has x0 = x / W, x1 = (x + 1) / W.
+    """
+    B, T, H, W = ids.shape
+    onehot = ids[:, None] == torch.arange(num, device=ids.device)[None, :, None, None, None]  # (B, N, T, H, W)
+    rows, cols = onehot.any(-1), onehot.any(-2)  # (B, N, T, H), (B, N, T, W)
+    presence = rows.any(-1)
+    ar_h = torch.arange(H, device=ids.device, dtype=torch.float32)
+    ar_w = torch.arange(W, device=ids.device, dtype=torch.float32)
+    y0 = torch.where(rows, ar_h, float(H)).amin(-1)
+    y1 = torch.where(rows, ar_h + 1, 0.0).amax(-1)
+    x0 = torch.where(cols, ar_w, float(W)).amin(-1)
+    x1 = torch.where(cols, ar_w + 1, 0.0).amax(-1)
+    boxes = torch.stack([x0 / W, y0 / H, x1 / W, y1 / H], -1) * presence[..., None]
+    return boxes, presence
+
+
+# ---------------------------------------------------------------------------------------------------- mask sources
+class MaskSource(Protocol):
+    """Segments one key frame: ``(H, W, 3) uint8 RGB -> (H, W) int labels`` (any non-negative ids)."""
+
+    def __call__(self, frame: np.ndarray, index: int) -> np.ndarray: ...
+
+
+def rgb_to_lab(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> float32 CIELAB (L in 0..100)."""
+    import cv2
+
+    return cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+
+
+def region_means(labels: np.ndarray, values: np.ndarray, num: int) -> np.ndarray:
+    """Mean of ``values`` (H, W, C) over every label 0..num-1 of ``labels`` (H, W) -> (num, C)."""
+    flat = labels.ravel()
+    counts = np.maximum(np.bincount(flat, minlength=num), 1)
+    return np.stack([np.bincount(flat, weights=values[..., c].ravel(), minlength=num) for c in range(values.shape[-1])],
+                    axis=1) / counts[:, None]
+
+
+def rag_merge(labels: np.ndarray, lab: np.ndarray, threshold: float) -> np.ndarray:
+    """Merge adjacent regions whose mean colours are closer than ``threshold``: the region adjacency graph,
+    cut at the threshold, and its connected components as the new labels (0..M-1)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = int(labels.max()) + 1
+    means = region_means(labels, lab, n)
+    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
+    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])
+    edge = a != b
+    a, b = a[edge], b[edge]
+    close = np.linalg.norm(means[a] - means[b], axis=1) < threshold
+    graph = coo_matrix((np.ones(int(close.sum())), (a[close], b[close])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    return component[labels].astype(np.int32)
+
+
+class SuperpixelSegmenter:
+    """SLIC superpixels in CIELAB, optionally merged by a region adjacency graph (see :func:`rag_merge`)."""
+
+    def __init__(self, n_segments: int = 48, compactness: float = 5.0, iters: int = 5, merge_threshold: float = 12.0):
+        self.n_segments, self.compactness, self.iters = n_segments, compactness, iters
+        self.merge_threshold = merge_threshold
+
+    def __call__(self, frame: np.ndarray, index: int = 0) -> np.ndarray:
+        from skimage.segmentation import slic
+
+        # RGB in, skimage converts to CIELAB itself (it min-max rescales its input first, which would squash a
+        # CIELAB input and with it the meaning of ``compactness``)
+        labels = slic(frame.astype(np.float32) / 255.0, n_segments=self.n_segments, compactness=self.compactness,
+                      max_num_iter=self.iters, start_label=0, channel_axis=-1).astype(np.int32)
+        if self.merge_threshold > 0:
+            labels = rag_merge(labels, rgb_to_lab(frame), self.merge_threshold)
+        return labels
+
+
+class PrecomputedMasks:
+    """Externally computed key-frame segmentations: ``{frame index: (H, W) int labels}``.
+
+    Its key frames replace the schedule (scene-change detection still applies). Label maps of another size
+    than the frames are resized (nearest).
+    """
+
+    def __init__(self, label_maps: dict[int, np.ndarray]):
+        if not label_maps or 0 not in label_maps:
+            raise ValueError(f"PrecomputedMasks needs a label map for frame 0; got frames {sorted(label_maps)}")
+        self.label_maps = {int(k): np.asarray(v) for k, v in label_maps.items()}
+        self.keyframes = set(self.label_maps)
+
+    def __call__(self, frame: np.ndarray, index: int) -> np.ndarray:
+        if index not in self.label_maps:
+            raise ValueError(f"no precomputed mask for key frame {index}; available: {sorted(self.label_maps)}")
+        return _resize_nearest(self.label_maps[index], frame.shape[:2])
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(..., h, w) -> (..., H, W) by nearest neighbour (pixel centres)."""
+    h, w = labels.shape[-2:]
+    H, W = shape
+    if (h, w) == (H, W):
+        return labels
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return labels[..., rows[:, None], cols[None, :]]
+
+
+def _as_uint8_frames(video) -> np.ndarray:
+    """Accept (T, H, W, 3) uint8 or (T, 3, H, W) float in [-1, 1] -> (T, H, W, 3) uint8, with a clear error."""
+    if isinstance(video, torch.Tensor):
+        if video.ndim != 4 or video.shape[1] != 3:
+            raise ValueError(f"a video tensor must be (T, 3, H, W) in [-1, 1], got shape {tuple(video.shape)}")
+        video = ((video.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        video = video.permute(0, 2, 3, 1).numpy()
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8 RGB, got shape {video.shape} dtype {video.dtype}")
+    if video.shape[0] == 0:
+        raise ValueError("the clip has zero frames; expected at least one")
+    return np.ascontiguousarray(video)
+
+
+def _fill_from_neighbours(ids: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """Give every invalid pixel the id of the nearest valid pixel of the same frame."""
+    from scipy.ndimage import distance_transform_edt
+
+    out = ids.copy()
+    fallback = None
+    for t in range(ids.shape[0]):
+        if not invalid[t].any():
+            continue
+        if invalid[t].all():  # nothing valid in this frame: use the largest valid id of the clip
+            if fallback is None:
+                valid = ids[~invalid]
+                fallback = np.bincount(valid).argmax() if valid.size else 0
+            out[t] = fallback
+            continue
+        iy, ix = distance_transform_edt(invalid[t], return_distances=False, return_indices=True)
+        out[t] = ids[t][iy, ix]
+    return out
+
+
+def _finalize(ids: np.ndarray, min_area: float, max_trajectories: int | None) -> np.ndarray:
+    """Dissolve small / surplus trajectories into neighbours and renumber 0..N-1 by decreasing area."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    inverse = inverse.reshape(ids.shape)
+    areas = np.bincount(inverse.ravel())
+    order = np.argsort(-areas, kind="stable")
+    keep = areas >= min_area * ids.size
+    keep[order[0]] = True  # never dissolve everything
+    if max_trajectories is not None:
+        keep[order[max_trajectories:]] = False
+    if not keep.all():
+        inverse = _fill_from_neighbours(inverse, ~keep[inverse])
+        areas = np.bincount(inverse.ravel(), minlength=len(uniq))
+        order = np.argsort(-areas, kind="stable")
+    rank = np.empty(len(uniq), dtype=np.int32)
+    rank[order] = np.arange(len(uniq), dtype=np.int32)
+    out = rank[inverse]
+    # ranks of dissolved ids are unused: compact them away (they come last since their area is 0)
+    return out.astype(np.int32)
+
+
+def _link(seg: np.ndarray, warped: np.ndarray, lab: np.ndarray, next_id: int, cfg: ExtractionConfig):
+    """New key-frame segments ``seg`` (0..S-1) -> trajectory ids, given the propagated ids ``warped``."""
+    from scipy.optimize import linear_sum_assignment
+
+    S = int(seg.max()) + 1
+    w_ids, w_idx = np.unique(warped, return_inverse=True)
+    w_idx = w_idx.reshape(warped.shape)
+    Wn = len(w_ids)
+    inter = np.bincount((seg * Wn + w_idx).ravel(), minlength=S * Wn).reshape(S, Wn).astype(np.float64)
+    area_s, area_w = inter.sum(1), inter.sum(0)
+    iou = inter / np.maximum(area_s[:, None] + area_w[None] - inter, 1)
+    table = np.full((S, Wn), -1, dtype=np.int64)  # id for the pixels of segment s that were propagated as w
+    rows, cols = linear_sum_assignment(-iou)
+    for r, c in zip(rows, cols):
+        if iou[r, c] >= cfg.link_iou:
+            table[r] = w_ids[c]
+    colour_s, colour_w = region_means(seg, lab, S), region_means(w_idx, lab, Wn)
+    same = np.linalg.norm(colour_s[:, None] - colour_w[None], axis=-1) <= cfg.absorb_colour  # (S, Wn)
+    for r in np.flatnonzero(table[:, 0] < 0):
+        compatible = same[r] & (inter[r] > 0)
+        if inter[r, compatible].sum() >= cfg.absorb_fraction * area_s[r]:
+            best = w_ids[np.argmax(np.where(compatible, inter[r], -1))]
+            table[r] = np.where(compatible, w_ids, best)
+        else:
+            table[r] = next_id
+            next_id += 1
+    return table[seg, w_idx], next_id
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+def extract_trajectories(
+    video,
+    config: ExtractionConfig | dict | None = None,
+    mask_source: MaskSource | Callable | None = None,
+    timings: dict | None = None,
+) -> Trajectories:
+    """Trajectories of one clip (see the module docstring).
+
+    Args:
+        video: (T, H, W, 3) uint8 RGB frames, or a (T, 3, H, W) float tensor in [-1, 1].
+        config: :class:`ExtractionConfig` or a dict of its fields.
+        mask_source: key-frame segmenter; default :class:`SuperpixelSegmenter` from the config. One with a
+            ``keyframes`` attribute (e.g. :class:`PrecomputedMasks`) also chooses the key frames.
+        timings: if given, filled with seconds spent per stage.
+    """
+    import cv2
+
+    cfg = config if isinstance(config, ExtractionConfig) else ExtractionConfig.from_dict(config or {})
+    frames = _as_uint8_frames(video)
+    T, H, W = frames.shape[:3]
+    clock = time.perf_counter()
+    stage = {"resize": 0.0, "segment": 0.0, "flow": 0.0, "link": 0.0, "finalize": 0.0}
+
+    scale = min(1.0, cfg.work_size / max(H, W)) if cfg.work_size else 1.0
+    h, w = max(1, round(H * scale)), max(1, round(W * scale))
+    small = frames if (h, w) == (H, W) else np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in small])
+    source = mask_source or SuperpixelSegmenter(cfg.n_segments, cfg.compactness, cfg.slic_iters, cfg.merge_threshold)
+    keyframes = getattr(source, "keyframes", None)
+    flow_engine = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{cfg.flow_preset.upper()}"))
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    now = time.perf_counter()
+    stage["resize"], clock = now - clock, now
+
+    def segment(t: int) -> np.ndarray:
+        labels = np.asarray(source(small[t], t))
+        if labels.shape != (h, w) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise ValueError(f"mask source returned labels of shape {labels.shape} dtype {labels.dtype} for frame "
+                             f"{t}; expected ({h}, {w}) non-negative integers")
+        return np.unique(labels, return_inverse=True)[1].reshape(h, w).astype(np.int64)
+
+    ids = np.empty((T, h, w), dtype=np.int64)
+    ids[0] = segment(0)
+    next_id = int(ids[0].max()) + 1
+    stage["segment"] += time.perf_counter() - clock
+    for t in range(1, T):
+        clock = time.perf_counter()
+        cut = cfg.scene_change > 0 and float(np.abs(grey[t].astype(np.float32) - grey[t - 1]).mean()) / 255 > cfg.scene_change
+        is_key = (t in keyframes) if keyframes is not None else (t % cfg.keyframe_interval == 0)
+        if cut:
+            ids[t] = segment(t) + next_id
+            next_id = int(ids[t].max()) + 1
+            stage["segment"] += time.perf_counter() - clock
+            continue
+        flow = flow_engine.calc(grey[t], grey[t - 1], None)  # frame t pixel x came from x + flow(x) in t-1
+        warped = cv2.remap(ids[t - 1].astype(np.float32), gx + flow[..., 0], gy + flow[..., 1],
+                           interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE).astype(np.int64)
+        now = time.perf_counter()
+        stage["flow"], clock = stage["flow"] + now - clock, now
+        if is_key:
+            seg = segment(t)
+            now = time.perf_counter()
+            stage["segment"], clock = stage["segment"] + now - clock, now
+            ids[t], next_id = _link(seg, warped, rgb_to_lab(small[t]), next_id, cfg)
+            stage["link"] += time.perf_counter() - clock
+        else:
+            ids[t] = warped
+
+    clock = time.perf_counter()
+    out = _finalize(ids, cfg.min_area, cfg.max_trajectories)
+    out = _resize_nearest(out, (H, W))
+    stage["finalize"] = time.perf_counter() - clock
+    if timings is not None:
+        timings.update(stage)
+    return Trajectories(np.ascontiguousarray(out))
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+def track_scores(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.5, background: int | None = 0) -> dict:
+    """Compare predicted trajectories with ground-truth tracks, both (T, H, W) id maps.
+
+    - recall: fraction of ground-truth object tracks (all ids but ``background``) that some predicted
+      trajectory matches with space-time mask IoU >= ``iou_threshold`` (IoU of the two (T, H, W) volumes).
+    - purity: fraction of predicted space-time pixels that carry their trajectory's majority ground-truth
+      id (background included), i.e. how rarely a trajectory straddles two objects or drifts off its object.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    p_ids, p = np.unique(pred, return_inverse=True)
+    g_ids, g = np.unique(gt, return_inverse=True)
+    P, G = len(p_ids), len(g_ids)
+    inter = np.bincount(p.ravel() * G + g.ravel(), minlength=P * G).reshape(P, G).astype(np.float64)
+    iou = inter / (inter.sum(1)[:, None] + inter.sum(0)[None] - inter)
+    objects = [j for j in range(G) if background is None or g_ids[j] != background]
+    best = iou[:, objects].max(0) if objects else np.zeros(0)
+    return {
+        "recall": float((best >= iou_threshold).mean()) if objects else 1.0,
+        "purity": float(inter.max(1).sum() / inter.sum()),
+        "num_pred": int(P),
+        "num_gt_objects": len(objects),
+        "best_iou": [round(float(b), 4) for b in best],
+    }
