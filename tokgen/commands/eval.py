@@ -3,9 +3,12 @@
     tokgen eval --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --budgets 1,2,4,8,16,32 \
         --metrics psnr,ssim --feature-extractor features_fmnist.pt --out runs/fmnist_small/eval/fmnist.json
     tokgen eval --samples k32=samples/k32 --data fmnist --feature-extractor features_fmnist.pt --out gfid.json
+    tokgen eval --ckpt runs/shapes_halting/checkpoints/last.ckpt --data shapes --target-errors 0.05,0.08,0.12
 
 Writes the JSON report, a Markdown table (also printed), a plot of each metric against k and a grid of
-reconstructions next to ``--out``. The protocol is in ``tokgen.metrics.evaluate``.
+reconstructions next to ``--out``. The protocol is in ``tokgen.metrics.evaluate``. With ``--target-errors`` (a
+halting tokenizer) it writes the adaptive report instead: mean tokens, achieved error, fraction meeting eps,
+the search baseline and a histogram of lengths per eps (``tokgen.metrics.adaptive``).
 """
 from __future__ import annotations
 
@@ -36,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "32 with --samples); must match the tokenizer")
     p.add_argument("--data-root", default="data", help="root folder of fmnist (default ./data)")
     p.add_argument("--budgets", help="comma-separated token budgets, e.g. 1,2,4,8 (default: powers of 2 up to K, and K)")
+    p.add_argument("--target-errors", metavar="EPS,...", help="adaptive mode (halting tokenizer): comma-separated "
+                   "target errors; reports mean tokens, achieved error, fraction meeting eps, the search baseline and "
+                   "a histogram of lengths instead of per-budget metrics")
+    p.add_argument("--halt-threshold", type=float, help="adaptive mode: halting probability threshold (default: "
+                   "the checkpoint's halt_threshold)")
     p.add_argument("--metrics", help="comma-separated, from fid,psnr,ssim,lpips (default fid,psnr,ssim,lpips; with "
                    "--feature-extractor psnr,ssim,lpips; with --samples fid). Each --feature-extractor always adds "
                    "its own Fréchet metric (e.g. fid_fmnist)")
@@ -110,6 +118,8 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if bool(args.ckpt) == bool(args.samples):
         raise ValueError("give exactly one of --ckpt (reconstructions per budget) or --samples (generated images)")
+    if args.target_errors is not None:
+        return main_adaptive(args, argv)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.num_images is not None and args.num_images < 2:
@@ -127,9 +137,9 @@ def main(argv: list[str]) -> None:
     # Load the model first (missing/corrupt checkpoint, budgets), then metric networks, then data.
     tokenizer = None
     if args.ckpt:
-        from ..tokenizers import Tokenizer1D
+        from ..tokenizers import load_tokenizer
 
-        tokenizer = Tokenizer1D.from_checkpoint(args.ckpt, use_ema=not args.no_ema).to(args.device)
+        tokenizer = load_tokenizer(args.ckpt, use_ema=not args.no_ema).to(args.device)
         budgets = parse_budgets(args.budgets, tokenizer.num_tokens)
         image_size, channels = tokenizer.config.image_size, tokenizer.config.channels
         if args.image_size is not None and args.image_size != image_size:
@@ -195,4 +205,51 @@ def main(argv: list[str]) -> None:
     enc = report.info.get("encode")
     if enc:
         print(f"\nencode: {enc['images/s']:.0f} images/s ({enc['tokens/s']:.0f} tokens/s); {report.info['num_images']} images")
+    print("wrote " + ", ".join(paths.values()), file=sys.stderr)
+
+
+def parse_target_errors(text: str) -> list[float]:
+    values = []
+    for item in parse_list(text, "target-errors"):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise ValueError(f"--target-errors: {item!r} is not a number; give e.g. 0.05,0.08,0.12") from None
+    return sorted(set(values))
+
+
+def main_adaptive(args, argv: list[str]) -> None:
+    """``--target-errors``: halting evaluation (tokgen.metrics.adaptive) of a halting tokenizer checkpoint."""
+    from ..metrics.adaptive import adaptive_markdown, evaluate_adaptive, write_adaptive_report
+    from ..tokenizers import HaltingTokenizer, load_tokenizer
+
+    if not args.ckpt:
+        raise ValueError("--target-errors scores a halting tokenizer: give --ckpt, not --samples")
+    for flag, value in (("--budgets", args.budgets), ("--metrics", args.metrics),
+                        ("--feature-extractor", args.feature_extractor or None)):
+        if value:
+            raise ValueError(f"{flag} does not apply with --target-errors (adaptive mode); drop one of them")
+    target_errors = parse_target_errors(args.target_errors)
+    tokenizer = load_tokenizer(args.ckpt, use_ema=not args.no_ema).to(args.device)
+    if not isinstance(tokenizer, HaltingTokenizer):
+        raise ValueError(f"--target-errors needs a halting tokenizer checkpoint (tokgen.lit.HaltingModule); "
+                         f"{args.ckpt} holds a fixed-length tokenizer: score it per budget with --budgets")
+    for eps in target_errors:
+        tokenizer.condition_index(eps, 1)  # out of the trained range: fail before reading data
+    image_size = tokenizer.config.image_size
+    if args.image_size is not None and args.image_size != image_size:
+        raise ValueError(f"mismatched image size: --image-size {args.image_size} but checkpoint {args.ckpt} "
+                         f"encodes {image_size}x{image_size} images; accepted: --image-size {image_size} or none")
+    data = build_data(args.data, split=args.split, image_size=image_size, channels=tokenizer.config.channels,
+                      num_images=args.num_images, root=args.data_root)
+    report = evaluate_adaptive(tokenizer, data, target_errors, batch_size=args.batch_size,
+                               num_workers=args.num_workers, threshold=args.halt_threshold,
+                               progress=not args.no_progress)
+    report.update(checkpoint=os.path.abspath(args.ckpt), data_spec=args.data, split=args.split,
+                  weights="raw" if args.no_ema else "ema (when present)", command="tokgen eval " + " ".join(argv))
+    out = args.out or default_out(args).replace(".json", "_adaptive.json")
+    paths = write_adaptive_report(report, out)
+    print(adaptive_markdown(report))
+    print(f"\nmonotone mean tokens (lower eps never fewer): {report['monotone_mean_tokens']}")
+    sys.stdout.flush()
     print("wrote " + ", ".join(paths.values()), file=sys.stderr)

@@ -8,6 +8,9 @@
 inline. Image size and channels come from the tokenizer. Items are encoded in dataset order with
 augmentation off; shard i holds items [i * shard_size, (i + 1) * shard_size). Re-running the same command
 skips the shards already written, so an interrupted run resumes.
+
+With a halting tokenizer, ``--target-error EPS`` keeps per image the prefix its halting head chooses for target
+error EPS (one encoder pass per batch): ``lengths`` holds each image's length and codes past it are 0.
 """
 from __future__ import annotations
 
@@ -49,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="encode only the first N items (smoke tests)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--target-error", type=float, metavar="EPS", help="halting tokenizer: keep per image the prefix "
+                   "its halting head chooses for target error EPS (shards hold codes zero-padded past each length)")
+    p.add_argument("--halt-threshold", type=float, help="with --target-error: halting probability threshold "
+                   "(default: the checkpoint's halt_threshold)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -133,8 +140,11 @@ def _shard_ok(path: str, expected: int) -> bool:
         return False
 
 
-def _encode(tokenizer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(tokenizer, images: torch.Tensor, target_error: float | None = None,
+            threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> codes (B, K) int64 and lengths (B,): halting tokenizers may return fewer tokens per image."""
+    if target_error is not None:
+        return tokenizer.encode(images, target_error=target_error, threshold=threshold)
     if hasattr(tokenizer, "encode_with_lengths"):
         return tokenizer.encode_with_lengths(images)
     codes = tokenizer.encode(images)
@@ -142,7 +152,7 @@ def _encode(tokenizer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def tokenize(args: argparse.Namespace) -> dict:
-    from ..tokenizers import Tokenizer1D
+    from ..tokenizers import HaltingTokenizer, load_tokenizer
 
     if args.split not in SPLITS:
         raise ValueError(f"--split {args.split!r} is not accepted; use one of {', '.join(SPLITS)}")
@@ -150,7 +160,16 @@ def tokenize(args: argparse.Namespace) -> dict:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    tokenizer = Tokenizer1D.from_checkpoint(args.ckpt, use_ema=not args.no_ema).to(device)
+    tokenizer = load_tokenizer(args.ckpt, use_ema=not args.no_ema).to(device)
+    target_error = getattr(args, "target_error", None)
+    threshold = getattr(args, "halt_threshold", None)
+    if target_error is not None:
+        if not isinstance(tokenizer, HaltingTokenizer):
+            raise ValueError(f"--target-error needs a halting tokenizer checkpoint (tokgen.lit.HaltingModule); "
+                             f"{args.ckpt} holds a fixed-length tokenizer (drop --target-error)")
+        tokenizer.condition_index(target_error, 1)  # outside the trained range: fail before encoding
+    elif threshold is not None:
+        raise ValueError("--halt-threshold only applies with --target-error")
     if tokenizer.quantizer.codebook_size is None:
         raise ValueError(f"tokenizer {args.ckpt} has continuous tokens (identity quantizer); token shards need codes")
     spec = parse_data_spec(args.data, tokenizer.config.image_size, tokenizer.config.channels)
@@ -166,14 +185,15 @@ def tokenize(args: argparse.Namespace) -> dict:
         "shard_size": args.shard_size, "num_shards": -(-n // args.shard_size),
         "num_tokens": tokenizer.num_tokens, "codebook_size": tokenizer.quantizer.codebook_size,
         "num_classes": int(getattr(dm, "num_classes", 0) or 0), "code_dtype": str(code_dtype(tokenizer.quantizer.codebook_size)),
-        "tokenizer": identity,
+        "tokenizer": identity, "target_error": target_error,
     }
     os.makedirs(args.out, exist_ok=True)
     index_path = os.path.join(args.out, INDEX_NAME)
     if os.path.isfile(index_path):  # resume: the folder must hold tokens of the same tokenizer, data and sharding
         with open(index_path) as f:
             old = json.load(f)
-        for key in ("format", "split", "data", "num_examples", "shard_size", "num_tokens", "codebook_size"):
+        for key in ("format", "split", "data", "num_examples", "shard_size", "num_tokens", "codebook_size",
+                    "target_error"):
             if old.get(key) != meta[key]:
                 raise ValueError(f"{args.out} holds token shards made with another {key} ({old.get(key)!r}, now "
                                  f"{meta[key]!r}); use a new --out folder or delete it")
@@ -200,7 +220,7 @@ def tokenize(args: argparse.Namespace) -> dict:
                                 num_workers=args.num_workers)
             codes, lengths, labels = [], [], []
             for batch in loader:
-                c, l = _encode(tokenizer, batch["image"].to(device))
+                c, l = _encode(tokenizer, batch["image"].to(device), target_error, threshold)
                 codes.append(c.cpu().to(dtype))
                 lengths.append(l.cpu().to(torch.int32))
                 labels.append(batch["label"].to(torch.int64))

@@ -1,0 +1,89 @@
+"""Acceptance numbers of halting (issue 5) on held-out procedural shapes, from a trained halting checkpoint.
+
+    tokgen fit --config configs/tokenizer/shapes_halting.yaml
+    python benchmarks/halting_shapes.py --ckpt runs/shapes_halting/checkpoints/last.ckpt --num-images 1000 \\
+        --target-errors 0.06,0.08,0.1,0.12 --rho-eps 0.08
+
+Protocol: the shapes test split (seed offset 2_000_003, never trained on), the first ``--num-images`` images.
+For each eps (``tokgen.metrics.adaptive.evaluate_adaptive``): one conditioned encoder pass, the halting
+lengths, one decoder pass for the achieved error (per-pixel L1 on [0, 1] images); the search baseline on the
+same codes (linear: exact smallest k meeting eps; binary: bisection) with its decoder passes per image.
+
+Checks (issue 5): Spearman rho(length, number of shapes) >= 0.6 at ``--rho-eps``; per eps fraction meeting
+eps >= 0.8, mean tokens <= 1.3x the search minimum, decoder passes <= 1/5 of the binary search's; mean tokens
+never fewer at lower eps. The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tokgen.metrics.adaptive import adaptive_markdown, evaluate_adaptive  # noqa: E402
+from tokgen.metrics.datasets import build_data  # noqa: E402
+from tokgen.tokenizers import HaltingTokenizer  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="halting tokenizer checkpoint (tokgen.lit.HaltingModule)")
+    p.add_argument("--num-images", type=int, default=1000)
+    p.add_argument("--target-errors", default="0.06,0.08,0.1,0.12")
+    p.add_argument("--rho-eps", type=float, default=None, help="eps of the Spearman check (default: the median eps)")
+    p.add_argument("--halt-threshold", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--split", default="test", choices=("test", "val"))
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="also write the JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    tok = HaltingTokenizer.from_checkpoint(args.ckpt)
+    target_errors = sorted(float(e) for e in args.target_errors.split(","))
+    rho_eps = target_errors[len(target_errors) // 2] if args.rho_eps is None else args.rho_eps
+    if rho_eps not in target_errors:
+        target_errors = sorted(target_errors + [rho_eps])
+    data = build_data("shapes", split=args.split, image_size=tok.config.image_size, channels=tok.config.channels,
+                      num_images=args.num_images)
+    start = time.perf_counter()
+    report = evaluate_adaptive(tok, data, target_errors, batch_size=args.batch_size, threshold=args.halt_threshold,
+                               progress=False)
+    seconds = time.perf_counter() - start
+    rows = {r["eps"]: r for r in report["results"]}
+    rho = rows[rho_eps]["spearman_length_vs_num_shapes"]
+    checks = {
+        "spearman_rho": {"eps": rho_eps, "value": rho, "target": ">= 0.6", "ok": rho >= 0.6},
+        "per_eps": [{
+            "eps": r["eps"],
+            "fraction_met": r["fraction_met"], "fraction_met_ok": r["fraction_met"] >= 0.8,
+            "mean_tokens": r["mean_tokens"], "search_min_tokens": r["search_linear"]["mean_tokens"],
+            "tokens_vs_search": r["tokens_vs_search"], "tokens_ok": r["tokens_vs_search"] <= 1.3,
+            "decoder_passes": r["decoder_passes"], "binary_search_passes": r["search_binary"]["decoder_passes"],
+            "linear_search_passes": r["search_linear"]["decoder_passes"],
+            "passes_vs_binary_search": r["passes_vs_binary_search"], "passes_ok": r["passes_vs_binary_search"] <= 0.2,
+            "spearman_rho": r["spearman_length_vs_num_shapes"],
+        } for r in report["results"]],
+        "monotone_mean_tokens": report["monotone_mean_tokens"],
+    }
+    out = {
+        "benchmark": "halting_shapes", "checkpoint": os.path.abspath(args.ckpt), "split": args.split,
+        "num_images": report["num_images"], "num_tokens": report["num_tokens"], "error_metric": report["error_metric"],
+        "trained_range": report["trained_range"], "halt_threshold": report["halt_threshold"],
+        "eval_seconds": seconds, "threads": args.threads, "checks": checks,
+        "results": [{k: v for k, v in r.items()} for r in report["results"]],
+    }
+    print(adaptive_markdown(report), file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

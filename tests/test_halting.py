@@ -1,0 +1,243 @@
+"""Halting tokenizer: prefix-shaped lengths from one encoder pass, eps range errors, halting labels, the search
+baseline on a hand-built case, two-phase training, and the adaptive eval / tokenize commands."""
+import json
+import math
+
+import pytest
+import torch
+
+from tokgen.cli import main
+from tokgen.data.tokens import load_token_shards
+from tokgen.tokenizers import HaltingConfig, HaltingTokenizer, Tokenizer1D, load_tokenizer, search_min_tokens
+from tokgen.tokenizers.halting import halting_targets, lengths_from_halting
+
+QUANTIZERS = {"fsq": {"kind": "fsq", "levels": [5, 5, 5]}, "vq": {"kind": "vq", "codebook_size": 64, "dim": 8}}
+
+
+def halting_config(**overrides):
+    values = dict(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2, num_tokens=8,
+                  quantizer=QUANTIZERS["fsq"], eps_min=0.03, eps_max=0.3, eps_bins=8)
+    values.update(overrides)
+    return HaltingConfig.from_dict(values)
+
+
+def spread_halting(tok: HaltingTokenizer, x: torch.Tensor | None = None, eps: float = 0.1) -> HaltingTokenizer:
+    """Random weights give halting logits that barely vary; a larger head whose bias puts ~15% of the
+    (image, position) logits of ``x`` above 0 spreads the lengths over 1..K."""
+    torch.manual_seed(1)
+    x = images(16) if x is None else x
+    with torch.no_grad():
+        tok.halt_head.weight.normal_(0, 0.5)
+        tok.eps_embed.weight.normal_(0, 1.0)
+        logits = tok.encode_hidden(x, tok.condition_index(eps, x.shape[0]))[1]
+        tok.halt_head.bias -= logits[:, 1:].flatten().quantile(0.85)
+    return tok.eval()
+
+
+def images(n=6, seed=0):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+def test_prefix_lengths_from_one_encoder_pass(attention, quantizer):
+    torch.manual_seed(0)
+    tok = spread_halting(HaltingTokenizer(halting_config(register_attention=attention, quantizer=QUANTIZERS[quantizer])))
+    x = images(16)
+    calls = {"encoder": 0, "decoder": 0}
+    hooks = [getattr(tok, name).register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+             for name in calls]
+    codes, lengths = tok.encode(x, target_error=0.1)
+    for h in hooks:
+        h.remove()
+    assert calls == {"encoder": 1, "decoder": 0}
+    K = tok.num_tokens
+    assert codes.shape == (16, K) and lengths.dtype == torch.long
+    assert ((lengths >= 1) & (lengths <= K)).all() and lengths.unique().numel() > 1  # varied, so the checks bite
+
+    # the same pass by hand: length = first position >= 1 whose halting probability exceeds the threshold
+    condition = tok.condition_index(0.1, 16)
+    latents, logits = tok.encode_hidden(x, condition)
+    full = tok.quantize(latents)[1]
+    p = torch.sigmoid(logits)
+    for b in range(16):
+        above = [i for i in range(1, K) if p[b, i] > tok.config.halt_threshold]
+        assert lengths[b] == (above[0] if above else K)
+        L = int(lengths[b])
+        assert torch.equal(codes[b, :L], full[b, :L]) and (codes[b, L:] == 0).all()  # kept set = prefix
+
+    # decoding the padded codes with their lengths equals decoding the prefix with the rest masked
+    recon = tok.decode_lengths(codes, lengths)
+    for b in (0, 1):
+        L = int(lengths[b])
+        alone = tok.decode_latents(tok.quantizer.codes_to_latents(full[b:b + 1, :L]))
+        torch.testing.assert_close(recon[b:b + 1], alone, atol=1e-5, rtol=1e-5)
+    # plain encode is the unconditioned any-prefix tokenizer
+    assert tok.encode(x).shape == (16, K)
+
+
+def test_lengths_from_halting_hand_built():
+    logits = torch.tensor([[9.0, -9, -9, 9, 9],     # position 0 never halts -> first halt at 3
+                           [-9, -9, -9, -9, -9],    # nothing halts -> K
+                           [-9, 9, -9, -9, -9],     # halts at 1; later positions do not resurrect tokens
+                           [0.0, 0.1, 0.3, 2, 3]])  # thresholds decide
+    assert lengths_from_halting(logits, 0.5).tolist() == [3, 5, 1, 1]
+    assert lengths_from_halting(logits, 0.6).tolist() == [3, 5, 1, 3]
+
+
+def test_halting_targets_full_and_partial_labels():
+    T = torch.tensor([3, 3, 3])
+    targets, weights = halting_targets(T, 5, too_high=torch.tensor([False, True, False]),
+                                       too_low=torch.tensor([False, False, True]))
+    assert targets[0].tolist() == [0, 0, 0, 1, 1] and weights[0].tolist() == [0, 1, 1, 1, 1]
+    # eps0 above the range: 3 tokens do not reach eps_max -> positions 1..3 must stay active, later unknown
+    assert targets[1].tolist()[:4] == [0, 0, 0, 0] and weights[1].tolist() == [0, 1, 1, 1, 0]
+    # eps0 below the range: 3 tokens suffice for eps_min -> positions >= 3 halt, earlier unknown
+    assert targets[2].tolist()[3:] == [1, 1] and weights[2].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_target_error_outside_trained_range():
+    tok = spread_halting(HaltingTokenizer(halting_config()))
+    x = images(8)
+    for bad in (0.01, 0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"target_error|finite") as err:
+            tok.encode(x, target_error=bad)
+        if not math.isnan(bad):
+            assert f"target_error={bad:g}" in str(err.value) and "[0.03, 0.3]" in str(err.value)
+    with pytest.raises(ValueError, match="3 values for a batch of 8"):
+        tok.encode(x, target_error=torch.tensor([0.1, 0.1, 0.1]))
+    # documented clamping: the lengths are exactly those of the nearest trained value
+    assert torch.equal(tok.encode(x, target_error=0.5, clamp=True)[1], tok.encode(x, target_error=0.3)[1])
+    assert torch.equal(tok.encode(x, target_error=0.001, clamp=True)[1], tok.encode(x, target_error=0.03)[1])
+    # the edges of the range are accepted and binned to the first / last bin
+    assert tok.condition_index(0.03, 1).item() == 1 and tok.condition_index(0.3, 1).item() == 8
+    with pytest.raises(ValueError, match="eps_min < eps_max"):
+        halting_config(eps_min=0.3, eps_max=0.1)
+
+
+class _StepDecoder(torch.nn.Module):
+    """Stand-in decoder: image b decoded from k tokens is the target plus a constant error curve[b][k - 1]."""
+
+    def __init__(self, target, curves):
+        super().__init__()
+        self.target, self.curves = target, torch.tensor(curves)
+
+    def decode_latents(self, z_q, keep):
+        rows = z_q[:, 0, 0].long()  # z_q carries the image index
+        shift = self.curves[rows, keep - 1] * 2  # an L1 error e on [0, 1] is 2e in [-1, 1]
+        return self.target[rows] - shift[:, None, None, None]
+
+
+def test_search_baseline_hand_built():
+    K = 8
+    curves = [[0.30, 0.20, 0.12, 0.09, 0.08, 0.05, 0.04, 0.03],  # meets 0.1 first at k=4
+              [0.08, 0.07, 0.06, 0.05, 0.05, 0.05, 0.05, 0.05],  # at k=1
+              [0.40, 0.39, 0.38, 0.37, 0.36, 0.35, 0.34, 0.33],  # never
+              [0.20, 0.20, 0.20, 0.20, 0.20, 0.20, 0.20, 0.10]]  # only at K
+    target = torch.ones(4, 3, 4, 4) * 0.9  # [-1, 1]; minus 2e stays inside, so clamping never hides error
+    dec = _StepDecoder(target, curves)
+    z_q = torch.arange(4).float()[:, None, None].expand(4, K, 1)
+    lin = search_min_tokens(dec, z_q, target, 0.1, "linear")
+    assert lin["length"].tolist() == [4, 1, 8, 8] and lin["met"].tolist() == [True, True, False, True]
+    assert lin["passes"].tolist() == [4, 1, 8, 8]
+    torch.testing.assert_close(lin["error"], torch.tensor([0.09, 0.08, 0.33, 0.10]), atol=1e-5, rtol=0)
+    bis = search_min_tokens(dec, z_q, target, 0.1, "binary")
+    assert bis["length"].tolist() == [4, 1, 8, 8] and bis["met"].tolist() == [True, True, False, True]
+    assert (bis["passes"] <= math.ceil(math.log2(K)) + 1).all() and bis["passes"].max() >= 3
+    with pytest.raises(ValueError, match="search method 'ternary'"):
+        search_min_tokens(dec, z_q, target, 0.1, "ternary")
+
+
+def test_two_phase_training_steps_and_checkpoint(tmp_path):
+    """A few two-phase steps run end to end (losses finite, weights move, halting head trained) and the checkpoint
+    reloads as a HaltingTokenizer without YAML. (Learning monotone lengths needs minutes of training: see
+    benchmarks/halting_shapes.py.)"""
+    import lightning as L
+
+    from tokgen.data import ShapesDataset
+    from tokgen.lit import HaltingModule, OptimConfig
+
+    L.seed_everything(0)
+    module = HaltingModule(halting_config(), optim=OptimConfig(lr=1e-3, warmup_steps=2), ema_decay=0.9,
+                           val_target_errors=[0.05, 0.2])
+    before = {k: v.clone() for k, v in module.tokenizer.state_dict().items()}
+    shapes = ShapesDataset(32, image_size=16, seed=0)
+    train = torch.utils.data.DataLoader([shapes[i] for i in range(32)], batch_size=16)
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, val_check_interval=4,
+                        check_val_every_n_epoch=None,
+                        enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=train)
+    logged = trainer.callback_metrics
+    for name in ("train/rec", "train/halt_bce", "val/length_eps0.05", "val/met_eps0.2"):
+        assert name in logged and torch.isfinite(logged[name]), name
+    after = module.tokenizer.state_dict()
+    for name in ("halt_head.weight", "eps_embed.weight", "encoder.blocks.0.attn.qkv.weight", "to_pixels.weight"):
+        assert not torch.equal(before[name], after[name]), name
+    path = str(tmp_path / "halting.ckpt")
+    trainer.save_checkpoint(path)
+    tok = load_tokenizer(path)
+    assert isinstance(tok, HaltingTokenizer) and tok.config.eps_bins == 8
+    torch.testing.assert_close(tok.halt_head.weight, module.ema_tokenizer.halt_head.weight)  # EMA weights by default
+    x = torch.stack([shapes[i]["image"] for i in range(4)])
+    assert tok.encode(x, target_error=0.1)[1].shape == (4,)
+    with pytest.raises(ValueError, match="not a halting tokenizer"):
+        plain = tmp_path / "plain.ckpt"
+        torch.save({"state_dict": {}, "tokgen": {"kind": "tokenizer1d", "tokenizer_config": {}}}, plain)
+        HaltingTokenizer.from_checkpoint(str(plain))
+
+
+def save_halting(path, tok):
+    torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in tok.state_dict().items()},
+                "tokgen": {"kind": "halting_tokenizer", "tokenizer_config": tok.config.to_dict()}}, path)
+    return str(path)
+
+
+def test_eval_adaptive_and_tokenize_target_error(tmp_path, tiny_config):
+    tok = spread_halting(HaltingTokenizer(halting_config()))
+    ckpt = save_halting(tmp_path / "halting.ckpt", tok)
+    assert isinstance(load_tokenizer(ckpt), HaltingTokenizer)
+
+    out = tmp_path / "adaptive.json"
+    main(["eval", "--ckpt", ckpt, "--data", "shapes", "--num-images", "20", "--batch-size", "8",
+          "--target-errors", "0.2,0.05", "--out", str(out), "--no-progress"])
+    report = json.loads(out.read_text())
+    assert [r["eps"] for r in report["results"]] == [0.05, 0.2] and report["num_images"] == 20
+    for r in report["results"]:
+        assert sum(r["length_histogram"]) == 20 and len(r["length_histogram"]) == 8
+        assert 1 <= r["search_linear"]["mean_tokens"] <= 8 and 0 <= r["fraction_met"] <= 1
+    assert (tmp_path / "adaptive_lengths.png").stat().st_size > 0 and (tmp_path / "adaptive.md").exists()
+
+    # the shards hold exactly what encode returns: lengths, and codes zero-padded past them
+    tokens = tmp_path / "tokens"
+    main(["tokenize", "--ckpt", ckpt, "--data", "shapes", "--split", "train", "--out", str(tokens), "--limit", "12",
+          "--batch-size", "5", "--target-error", "0.1", "--no-progress"])
+    index, codes, lengths, _ = load_token_shards(str(tokens))
+    from tokgen.commands.tokenize import build_split, parse_data_spec
+
+    dataset, _ = build_split(parse_data_spec("shapes", 16, 3), "train")
+    want_codes, want_lengths = tok.encode(torch.stack([dataset[i]["image"] for i in range(12)]), target_error=0.1)
+    assert index["target_error"] == 0.1 and torch.equal(lengths.long(), want_lengths)
+    assert torch.equal(codes.long(), want_codes) and lengths.unique().numel() > 1
+
+    # bad inputs: eps outside the range, a fixed-length checkpoint, a flag that does not apply
+    def error(argv):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        return str(info.value.code)
+
+    assert "target_error=0.9 is outside the trained range" in error(
+        ["eval", "--ckpt", ckpt, "--data", "shapes", "--target-errors", "0.1,0.9", "--no-progress"])
+    assert "target_error=0.001 is outside" in error(
+        ["tokenize", "--ckpt", ckpt, "--data", "shapes", "--out", str(tmp_path / "t2"), "--target-error", "0.001"])
+    plain = tmp_path / "plain.ckpt"
+    torch.manual_seed(0)
+    fixed = Tokenizer1D(tiny_config())
+    torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in fixed.state_dict().items()},
+                "tokgen": {"kind": "tokenizer1d", "tokenizer_config": fixed.config.to_dict()}}, plain)
+    assert "needs a halting tokenizer" in error(
+        ["eval", "--ckpt", str(plain), "--data", "shapes", "--target-errors", "0.1", "--no-progress"])
+    assert "needs a halting tokenizer" in error(
+        ["tokenize", "--ckpt", str(plain), "--data", "shapes", "--out", str(tmp_path / "t3"), "--target-error", "0.1"])
+    assert "--budgets does not apply" in error(
+        ["eval", "--ckpt", ckpt, "--data", "shapes", "--target-errors", "0.1", "--budgets", "1,2"])

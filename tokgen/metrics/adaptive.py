@@ -1,0 +1,168 @@
+"""Adaptive (halting) evaluation: for each target error eps, how many tokens the halting tokenizer keeps, the
+error it achieves, and how that compares with searching for the smallest prefix that meets eps.
+
+Protocol (also in the README):
+
+- Images are read once, in order. For each eps every batch is encoded once, conditioned on eps (one encoder
+  pass); the halting head gives each image a length L, and the first L tokens are decoded once (one decoder
+  pass) to measure the achieved error: per-pixel L1 (or MSE, the tokenizer's ``error_metric``) on [0, 1]
+  images. An image meets eps when its error is <= eps.
+- Search baseline on the same codes: ``linear`` decodes k = 1, 2, ... until the image meets eps (the exact
+  minimum, K when nothing meets it), ``binary`` bisects 1..K; their decoder passes are counted per image.
+- Reported per eps: mean tokens, achieved error, fraction meeting eps, the search's mean tokens / fraction /
+  passes, the ratios halting / search, and a histogram of lengths 1..K. With a ``num_shapes`` field in the
+  data (``shapes``) also the Spearman correlation between length and number of shapes.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ..tokenizers.halting import HaltingTokenizer, reconstruction_error, search_min_tokens
+from .datasets import EvalData
+
+
+@torch.no_grad()
+def evaluate_adaptive(
+    tokenizer: HaltingTokenizer,
+    data: EvalData,
+    target_errors: list[float],
+    batch_size: int = 100,
+    num_workers: int = 0,
+    threshold: float | None = None,
+    search: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Score halting at every eps in ``target_errors``; returns a JSON-ready report (see the module docstring)."""
+    if not isinstance(tokenizer, HaltingTokenizer):
+        raise ValueError(f"adaptive evaluation needs a halting tokenizer (tokgen.lit.HaltingModule checkpoint), "
+                         f"got {type(tokenizer).__name__}")
+    if not target_errors:
+        raise ValueError("target_errors is empty; give at least one eps")
+    for eps in target_errors:  # fail before reading any data
+        tokenizer.condition_index(float(eps), 1)
+    metric = tokenizer.config.error_metric
+    K = tokenizer.num_tokens
+    device = next(tokenizer.parameters()).device
+    keys = ("length", "error", "linear_length", "linear_met", "linear_passes", "binary_length", "binary_passes")
+    per_eps = {float(eps): {k: [] for k in keys} for eps in target_errors}
+    shapes = []
+    for batch in tqdm(data.loader(batch_size, num_workers), desc="adaptive eval", unit="batch", disable=not progress):
+        x = batch["image"].to(device)
+        if "num_shapes" in batch:
+            shapes.append(batch["num_shapes"].cpu())
+        for eps, acc in per_eps.items():
+            _, lengths, z_q = tokenizer.encode_adaptive(x, eps, threshold=threshold)
+            err = reconstruction_error(tokenizer.decode_latents(z_q, keep=lengths), x, metric)
+            acc["length"].append(lengths.cpu())
+            acc["error"].append(err.cpu())
+            if search:
+                for method in ("linear", "binary"):
+                    found = search_min_tokens(tokenizer, z_q, x, eps, method, metric)
+                    acc[f"{method}_length"].append(found["length"].cpu())
+                    acc[f"{method}_passes"].append(found["passes"].cpu())
+                    if method == "linear":
+                        acc["linear_met"].append(found["met"].cpu())
+
+    results, columns = [], {}
+    for eps, acc in per_eps.items():
+        cols = {k: torch.cat(v) for k, v in acc.items() if v}
+        columns[eps] = cols
+        lengths, err = cols["length"].float(), cols["error"]
+        row = {
+            "eps": eps,
+            "mean_tokens": lengths.mean().item(),
+            "achieved_error": err.mean().item(),
+            "fraction_met": (err <= eps).float().mean().item(),
+            "encoder_passes": 1,
+            "decoder_passes": 1,  # the reconstruction; choosing the length itself needs none
+            "length_histogram": torch.bincount(cols["length"], minlength=K + 1)[1:].tolist(),  # counts of 1..K
+        }
+        if search:
+            row["search_linear"] = {
+                "mean_tokens": cols["linear_length"].float().mean().item(),
+                "fraction_met": cols["linear_met"].float().mean().item(),
+                "decoder_passes": cols["linear_passes"].float().mean().item(),
+            }
+            row["search_binary"] = {
+                "mean_tokens": cols["binary_length"].float().mean().item(),
+                "decoder_passes": cols["binary_passes"].float().mean().item(),
+            }
+            row["tokens_vs_search"] = row["mean_tokens"] / max(row["search_linear"]["mean_tokens"], 1e-9)
+            row["passes_vs_binary_search"] = row["decoder_passes"] / row["search_binary"]["decoder_passes"]
+            row["passes_vs_linear_search"] = row["decoder_passes"] / row["search_linear"]["decoder_passes"]
+        if shapes:
+            row["spearman_length_vs_num_shapes"] = spearman(lengths, torch.cat(shapes).float())
+        results.append(row)
+    means = [r["mean_tokens"] for r in sorted(results, key=lambda r: r["eps"])]
+    return {
+        "mode": "adaptive",
+        "num_images": len(data),
+        "num_tokens": K,
+        "error_metric": metric,
+        "trained_range": [tokenizer.config.eps_min, tokenizer.config.eps_max],
+        "halt_threshold": tokenizer.config.halt_threshold if threshold is None else threshold,
+        "monotone_mean_tokens": all(a >= b for a, b in zip(means, means[1:])),  # lower eps never fewer tokens
+        "results": results,
+        "_columns": columns,  # per-image tensors for callers (dropped by write_adaptive_report)
+    }
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (ties get average ranks); nan when either side is constant."""
+    from scipy.stats import spearmanr
+
+    if a.unique().numel() < 2 or b.unique().numel() < 2:
+        return float("nan")
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+def adaptive_markdown(report: dict) -> str:
+    """One row per eps: halting tokens / error / fraction met next to the search baseline."""
+    lines = ["| eps | mean tokens | achieved error | met eps | search tokens (min) | search met | tokens / search "
+             "| decoder passes: halting / binary / linear search |", "|" + "---|" * 8]
+    for r in report["results"]:
+        s, b = r.get("search_linear"), r.get("search_binary")
+        cells = [f"{r['eps']:g}", f"{r['mean_tokens']:.2f}", f"{r['achieved_error']:.4f}", f"{r['fraction_met']:.1%}",
+                 f"{s['mean_tokens']:.2f}" if s else "", f"{s['fraction_met']:.1%}" if s else "",
+                 f"{r['tokens_vs_search']:.2f}x" if s else "",
+                 f"1 / {b['decoder_passes']:.2f} / {s['decoder_passes']:.2f}" if s else "1"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_length_histograms(report: dict, path: str) -> None:
+    """One panel per eps: how many images got each length 1..K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), squeeze=False, sharey=True)
+    for ax, r in zip(axes[0], results):
+        counts = r["length_histogram"]
+        ax.bar(range(1, len(counts) + 1), counts, width=0.9)
+        ax.axvline(r["mean_tokens"], color="black", lw=1, ls="--")
+        ax.set_title(f"eps={r['eps']:g}: mean {r['mean_tokens']:.1f}, met {r['fraction_met']:.0%}", fontsize=9)
+        ax.set_xlabel("tokens kept")
+    axes[0][0].set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_adaptive_report(report: dict, out: str) -> dict[str, str]:
+    """Write ``out`` (JSON), ``<stem>.md`` (table) and ``<stem>_lengths.png`` (histograms); returns the paths."""
+    import json
+    import os
+
+    stem = os.path.splitext(out)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    paths = {"json": out, "table": f"{stem}.md", "histogram": f"{stem}_lengths.png"}
+    with open(out, "w") as f:
+        json.dump({k: v for k, v in report.items() if not k.startswith("_")}, f, indent=1)
+    with open(paths["table"], "w") as f:
+        f.write(adaptive_markdown(report) + "\n")
+    plot_length_histograms(report, paths["histogram"])
+    return paths

@@ -1,0 +1,298 @@
+"""Halting: one encoder pass decides how many tokens each image needs to meet a target error (KARL style).
+
+Quality conditioning. A target error ``eps`` (per-pixel L1 on [0, 1] images by default, or MSE) is binned on a
+log scale between ``eps_min`` and ``eps_max`` (``eps_bins`` bins) and looked up in a learned embedding; the
+embedding is one extra encoder input token, ``[patches | eps | registers]``. Bin 0 is "unconditioned": plain
+``encode(images)`` uses it, so a halting tokenizer still works as an any-prefix tokenizer. With causal
+registers, register i attends to every patch, to the eps token and to registers <= i; patches attend only to
+patches.
+
+Halting head. One logit per register, read from the register's last hidden state: ``p_i = sigmoid(h_i)`` is
+the probability that tokens ``0..i-1`` already meet the target, i.e. that the sequence may end before token i.
+The length is the first position ``i >= 1`` with ``p_i > halt_threshold`` (K when none), so the kept set is
+always a prefix ``0..L-1`` with ``1 <= L <= K``: valid for nested decoding and for the generator.
+
+Training (``tokgen.lit.halting``, upside-down-RL style): (1) encode unconditioned, keep a random budget T,
+measure the achieved error eps0 of each image; (2) encode conditioned on eps0 and train the head with BCE so
+positions 1..T-1 stay active and T..K-1 halt (target 1 = "T tokens suffice"). ``halting_targets`` builds those
+labels, including the partial labels of an eps0 outside the trained range.
+
+Inference: ``encode(images, target_error=eps)`` -> (codes (B, K) with zeros past each length, lengths (B,)),
+one encoder pass and no decoder pass. An eps outside ``[eps_min, eps_max]`` raises a ValueError unless
+``clamp=True``, which uses the nearest trained value (the lengths are then those of the clamped eps).
+
+Search baseline (for evaluation): ``search_min_tokens`` decodes candidate prefixes (linear or binary search)
+and returns the smallest k whose reconstruction meets eps, with the decoder passes it spent.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tokenizer1d import Tokenizer1D, TokenizerConfig, register_attention_mask
+
+ERROR_METRICS = ("l1", "l2")
+SEARCH_METHODS = ("linear", "binary")
+
+
+@dataclass
+class HaltingConfig(TokenizerConfig):
+    """A 1D tokenizer plus eps conditioning and a halting head (saved with every checkpoint)."""
+
+    config_name = "halting tokenizer"
+
+    error_metric: str = "l1"  # per-pixel error on [0, 1] images: "l1" (mean |x - y|) or "l2" (mean squared)
+    eps_min: float = 0.02  # trained range of target errors; eps0 outside it is clamped in training
+    eps_max: float = 0.3
+    eps_bins: int = 32  # log-spaced bins over [eps_min, eps_max]
+    halt_threshold: float = 0.5  # a position halts when its halting probability exceeds this
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.error_metric not in ERROR_METRICS:
+            raise ValueError(f"error_metric={self.error_metric!r} is not supported; use one of {ERROR_METRICS}")
+        if not (isinstance(self.eps_min, (int, float)) and isinstance(self.eps_max, (int, float))
+                and 0 < self.eps_min < self.eps_max):
+            raise ValueError(f"need 0 < eps_min < eps_max, got eps_min={self.eps_min!r}, eps_max={self.eps_max!r}")
+        if not isinstance(self.eps_bins, int) or self.eps_bins < 1:
+            raise ValueError(f"eps_bins={self.eps_bins!r} must be a positive integer")
+        if not 0.0 < self.halt_threshold < 1.0:
+            raise ValueError(f"halt_threshold={self.halt_threshold!r} must be in (0, 1)")
+
+
+def reconstruction_error(recon: torch.Tensor, images: torch.Tensor, metric: str = "l1") -> torch.Tensor:
+    """Per-image error (B,) of reconstructions against images, both (B, C, H, W) in [-1, 1], measured on
+    [0, 1] images clamped like the files: "l1" = mean |x - y|, "l2" = mean (x - y)^2."""
+    diff = ((recon.float() + 1) / 2).clamp(0, 1) - ((images.float() + 1) / 2).clamp(0, 1)
+    if metric == "l1":
+        return diff.abs().flatten(1).mean(1)
+    if metric == "l2":
+        return diff.pow(2).flatten(1).mean(1)
+    raise ValueError(f"error metric {metric!r} is not supported; use one of {ERROR_METRICS}")
+
+
+def lengths_from_halting(halt_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """halt_logits (B, K) -> lengths (B,) in 1..K: the first position i >= 1 whose halting probability exceeds
+    ``threshold`` (K when none does). Everything before it is kept, so the kept set is a prefix."""
+    B, K = halt_logits.shape
+    halted = torch.sigmoid(halt_logits.float()) > threshold
+    halted[:, 0] = False  # at least one token
+    positions = torch.arange(K, device=halt_logits.device).expand(B, K)
+    return torch.where(halted, positions, torch.full_like(positions, K)).amin(dim=1)
+
+
+def halting_targets(budget: torch.Tensor, num_tokens: int, too_high: torch.Tensor | None = None,
+                    too_low: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels for the halting head when a budget of T tokens achieved eps0 and the encoder is conditioned on eps0.
+
+    budget: (B,) T in 1..K. Returns (targets (B, K) float, weights (B, K) float): position i halts (target 1)
+    iff i >= T, and position 0 is never scored (length >= 1). When eps0 was above the trained range
+    (``too_high``, conditioned on eps_max) we only know T tokens are not enough: positions 1..T get target 0
+    and later ones no label. When eps0 was below it (``too_low``, conditioned on eps_min) we only know T tokens
+    suffice: positions >= T get target 1 and earlier ones no label.
+    """
+    positions = torch.arange(num_tokens, device=budget.device)[None, :]  # (1, K)
+    T = budget[:, None]
+    targets = (positions >= T).float()
+    weights = (positions >= 1).float().expand(budget.shape[0], -1).clone()
+    if too_high is not None:
+        high = too_high[:, None]
+        targets = torch.where(high, torch.zeros_like(targets), targets)
+        weights = torch.where(high & (positions > T), torch.zeros_like(weights), weights)
+    if too_low is not None:
+        weights = torch.where(too_low[:, None] & (positions < T), torch.zeros_like(weights), weights)
+    return targets, weights
+
+
+class HaltingTokenizer(Tokenizer1D):
+    """Tokenizer1D whose encoder also reads a target-error token and predicts one halting logit per register."""
+
+    def __init__(self, config: HaltingConfig | dict | None = None):
+        if config is None:
+            config = HaltingConfig()
+        elif isinstance(config, dict):
+            config = HaltingConfig.from_dict(config)
+        elif not isinstance(config, HaltingConfig):
+            raise ValueError(f"HaltingTokenizer needs a HaltingConfig (or a dict), got {type(config).__name__}")
+        super().__init__(config)
+        c = config
+        self.eps_embed = nn.Embedding(c.eps_bins + 1, c.width)  # row 0: unconditioned
+        self.halt_head = nn.Linear(c.width, 1)
+        nn.init.normal_(self.eps_embed.weight, std=0.02)
+        nn.init.trunc_normal_(self.halt_head.weight, std=0.02)
+        nn.init.zeros_(self.halt_head.bias)
+        # encoder sequence [patches | eps | registers]: the eps token is the first of the "register" group, so
+        # in causal mode every register sees it and the registers stay causal among themselves
+        self.enc_mask = register_attention_mask(self.patch_embed.num_patches, 1 + c.num_tokens, c.register_attention)
+
+    # ------------------------------------------------------------------ target error -> condition index
+    def condition_index(self, target_error, batch_size: int, clamp: bool = False) -> torch.Tensor:
+        """A target error (float or (B,) tensor) -> condition indices (B,) in 1..eps_bins.
+
+        Outside [eps_min, eps_max] this raises, naming the value and the range, unless ``clamp``."""
+        c = self.config
+        device = self.registers.device
+        eps = torch.as_tensor(target_error, dtype=torch.float64).to(device).flatten()
+        if eps.numel() == 1:
+            eps = eps.expand(batch_size)
+        if eps.numel() != batch_size:
+            raise ValueError(f"target_error holds {eps.numel()} values for a batch of {batch_size} images; "
+                             f"give one value or one per image")
+        if not torch.isfinite(eps).all():
+            raise ValueError(f"target_error must be finite, got {eps.tolist()[:8]}")
+        tol = 1e-6  # float32 inputs: 0.03 as float32 is 0.029999999
+        outside = (eps < c.eps_min * (1 - tol)) | (eps > c.eps_max * (1 + tol))
+        if outside.any() and not clamp:
+            bad = eps[outside][0].item()
+            raise ValueError(
+                f"target_error={bad:g} is outside the trained range [{c.eps_min:g}, {c.eps_max:g}] of this halting "
+                f"tokenizer ({c.error_metric} error on [0, 1] images); pass a value in that range, or clamp=True "
+                f"to use the nearest trained value")
+        return self._bin(eps)
+
+    def _bin(self, eps: torch.Tensor) -> torch.Tensor:
+        """eps (B,) -> log-spaced bin index + 1 (clamped to the trained range)."""
+        c = self.config
+        pos = (torch.log(eps.double().clamp(c.eps_min, c.eps_max)) - math.log(c.eps_min)) / math.log(c.eps_max / c.eps_min)
+        return (pos * c.eps_bins).floor().long().clamp(0, c.eps_bins - 1) + 1
+
+    def training_condition(self, achieved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Achieved errors eps0 (B,) -> (condition indices (B,), eps0 > eps_max, eps0 < eps_min)."""
+        c = self.config
+        return self._bin(achieved.detach()), achieved > c.eps_max, achieved < c.eps_min
+
+    # ------------------------------------------------------------------ encoder
+    def encode_hidden(self, images: torch.Tensor, condition: torch.Tensor | None = None):
+        """images (B, C, H, W) in [-1, 1], condition (B,) indices (None = unconditioned)
+        -> (register latents (B, K, token_dim), halting logits (B, K))."""
+        if images.dim() != 4 or images.shape[1] != self.config.channels:
+            raise ValueError(
+                f"expected images of shape (B, {self.config.channels}, {self.image_size}, {self.image_size}), "
+                f"got {tuple(images.shape)}")
+        B = images.shape[0]
+        if condition is None:
+            condition = torch.zeros(B, dtype=torch.long, device=images.device)
+        patches = self.enc_pos(self.patch_embed(images))  # (B, N, W)
+        eps_token = self.eps_embed(condition)[:, None]  # (B, 1, W)
+        registers = self.registers.expand(B, -1, -1)  # (B, K, W)
+        x = self.encoder(torch.cat([patches, eps_token, registers], dim=1), self.enc_mask)
+        hidden = x[:, -self.num_tokens:]  # (B, K, W)
+        return self.to_token(hidden), self.halt_head(hidden).squeeze(-1)
+
+    def encode_latents(self, images: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode_hidden(images, condition)[0]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, target_error=None, clamp: bool = False, threshold: float | None = None):
+        """Without ``target_error``: codes (B, K), unconditioned (like Tokenizer1D.encode).
+
+        With ``target_error`` (float or (B,) tensor): one encoder pass -> (codes (B, K) with 0 past each length,
+        lengths (B,) int64 in 1..K). ``threshold`` overrides the config's halt_threshold."""
+        if target_error is None:
+            return self.quantize(self.encode_latents(images))[1]
+        codes, lengths, _ = self.encode_adaptive(images, target_error, clamp, threshold)
+        return codes, lengths
+
+    @torch.no_grad()
+    def encode_adaptive(self, images: torch.Tensor, target_error, clamp: bool = False, threshold: float | None = None):
+        """-> (codes (B, K) zero-padded past each length, lengths (B,), z_q (B, K, token_dim) unpadded)."""
+        threshold = self.config.halt_threshold if threshold is None else threshold
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold={threshold!r} must be in (0, 1)")
+        condition = self.condition_index(target_error, images.shape[0], clamp)
+        latents, halt_logits = self.encode_hidden(images, condition)
+        z_q, codes, _ = self.quantize(latents)
+        lengths = lengths_from_halting(halt_logits, threshold)
+        kept = torch.arange(self.num_tokens, device=codes.device)[None, :] < lengths[:, None]  # (B, K) prefix
+        kept = kept.view(*kept.shape, *([1] * (codes.dim() - 2)))
+        return torch.where(kept, codes, torch.zeros_like(codes)), lengths, z_q
+
+    @torch.no_grad()
+    def decode_lengths(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Zero-padded codes (B, K) and lengths (B,) from ``encode(..., target_error=...)`` -> images (B, C, H, W)."""
+        self.check_prefix(codes)
+        lengths = torch.as_tensor(lengths, device=codes.device).long()
+        if lengths.shape != (codes.shape[0],) or (lengths < 1).any() or (lengths > codes.shape[1]).any():
+            raise ValueError(f"lengths must be (B,) integers in 1..{codes.shape[1]}, got {lengths.tolist()[:8]}")
+        return self.decode_latents(self.quantizer.codes_to_latents(codes), keep=lengths)
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None, condition: torch.Tensor | None = None):
+        """-> (reconstruction from the first keep[b] tokens, codes, aux_losses, halting logits (B, K))."""
+        latents, halt_logits = self.encode_hidden(images, condition)
+        z_q, codes, aux = self.quantize(latents)
+        return self.decode_latents(z_q, keep), codes, aux, halt_logits
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "HaltingTokenizer":
+        """Load from a checkpoint written by ``tokgen fit`` with ``tokgen.lit.HaltingModule`` (no YAML needed)."""
+        from ..checkpoint import load_checkpoint, load_module_weights
+
+        ckpt = load_checkpoint(path, map_location=map_location)
+        meta = ckpt.get("tokgen") or {}
+        if meta.get("kind") != "halting_tokenizer":
+            raise ValueError(f"checkpoint {path} is not a halting tokenizer (kind={meta.get('kind')!r}); "
+                             f"train one with tokgen.lit.HaltingModule, e.g. configs/tokenizer/shapes_halting.yaml")
+        model = cls(HaltingConfig.from_dict(meta["tokenizer_config"]))
+        load_module_weights(model, ckpt, "tokenizer", path, use_ema)
+        return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- search baseline
+@torch.no_grad()
+def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.Tensor, target_error: float,
+                      method: str = "linear", metric: str = "l1") -> dict[str, torch.Tensor]:
+    """Smallest prefix k whose reconstruction meets ``target_error``, found by decoding candidates.
+
+    z_q: (B, K, token_dim) quantized latents of ``images`` (B, C, H, W) in [-1, 1]. ``linear`` decodes
+    k = 1, 2, ... until each image meets eps (exact minimum); ``binary`` bisects 1..K per image (the minimum
+    when the error falls with k; K when even K misses). Every batched decode counts one pass for each image it
+    still searches. Returns {"length": (B,), "met": (B,) bool, "error": (B,) error at that length,
+    "passes": (B,) decoder passes spent per image}.
+    """
+    if method not in SEARCH_METHODS:
+        raise ValueError(f"search method {method!r} is not supported; use one of {SEARCH_METHODS}")
+    B, K = z_q.shape[:2]
+    device = z_q.device
+    passes = torch.zeros(B, dtype=torch.long, device=device)
+
+    def error_at(keep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        passes[rows] += 1
+        recon = tokenizer.decode_latents(z_q[rows], keep=keep)
+        return reconstruction_error(recon, images[rows], metric)
+
+    length = torch.full((B,), K, dtype=torch.long, device=device)
+    error = torch.full((B,), float("inf"), device=device)
+    if method == "linear":
+        todo = torch.arange(B, device=device)
+        for k in range(1, K + 1):
+            if todo.numel() == 0:
+                break
+            err = error_at(torch.full((todo.numel(),), k, device=device), todo)
+            done = (err <= target_error) | (k == K)
+            length[todo[done]], error[todo[done]] = k, err[done]
+            todo = todo[~done]
+    else:
+        lo = torch.ones(B, dtype=torch.long, device=device)
+        hi = torch.full((B,), K, dtype=torch.long, device=device)
+        best_err = torch.full((B,), float("inf"), device=device)  # error at hi once hi has been decoded
+        while True:
+            todo = (lo < hi).nonzero().flatten()
+            if todo.numel() == 0:
+                break
+            mid = (lo[todo] + hi[todo]) // 2
+            err = error_at(mid, todo)
+            ok = err <= target_error
+            hi[todo[ok]], best_err[todo[ok]] = mid[ok], err[ok]
+            lo[todo[~ok]] = mid[~ok] + 1
+        length = hi
+        unknown = torch.isinf(best_err).nonzero().flatten()  # hi never decoded (= K, every probe failed)
+        if unknown.numel():
+            best_err[unknown] = error_at(length[unknown], unknown)
+        error = best_err
+    return {"length": length, "met": error <= target_error, "error": error, "passes": passes}
