@@ -4,17 +4,16 @@ EMA weights, warm-up + cosine LR, and per-budget validation (PSNR for k = 1, 2, 
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
-from torchvision.utils import save_image
 
 from ..metrics import psnr, to_unit
 from ..tokenizers import Tokenizer1D, TokenizerConfig, power_of_two_budgets, sample_keep_lengths
 from ..tokenizers.nested_dropout import KEEP_MODES
 from .ema import ema_update
+from .grids import save_val_grid, should_save_grid
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, pixel_loss
 from .schedule import warmup_cosine
 
@@ -219,15 +218,12 @@ class TokenizerModule(L.LightningModule):
         self._eval_step(batch, batch_idx, "test")
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if not should_save_grid(self, self._val_grid):
             return
-        out_dir = os.path.join(self.trainer.default_root_dir, "samples")
-        os.makedirs(out_dir, exist_ok=True)
         n = min(self.grid_images, self._val_grid.shape[0] // (len(self.val_budgets) + 1))
         grid = self._val_grid.view(len(self.val_budgets) + 1, -1, *self._val_grid.shape[1:])[:, :n]
         # rows: original, then k = val_budgets[0], ..., K (coarse to fine)
-        for name in (f"val_step{self.global_step:07d}.png", "val_latest.png"):
-            save_image(grid.flatten(0, 1).float().cpu(), os.path.join(out_dir, name), nrow=n, padding=1)
+        save_val_grid(self, grid.flatten(0, 1), nrow=n)
         self._val_grid = None
 
     # ------------------------------------------------------------------ checkpoint metadata

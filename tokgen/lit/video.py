@@ -9,18 +9,17 @@ original clips, then their reconstructions).
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import asdict
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
 from ..metrics import to_unit
 from ..video.metrics import video_psnr, video_ssim
 from ..video.tokenizer import VideoTokenizer, VideoTokenizerConfig
 from .ema import ema_update
+from .grids import save_val_grid, should_save_grid
 from .schedule import warmup_cosine
 from .tokenizer import OptimConfig
 
@@ -150,13 +149,10 @@ class VideoTokenizerModule(L.LightningModule):
         self._eval_step(batch, batch_idx, "test")
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if not should_save_grid(self, self._val_grid):
             return
-        out_dir = os.path.join(self.trainer.default_root_dir, "samples")
-        os.makedirs(out_dir, exist_ok=True)
         grid = to_unit(self._val_grid)  # rows alternate original / reconstruction, columns = frames
-        for name in (f"val_step{self.global_step:07d}.png", "val_latest.png"):
-            save_image(grid.flatten(0, 1).float().cpu(), os.path.join(out_dir, name), nrow=grid.shape[1], padding=1)
+        save_val_grid(self, grid.flatten(0, 1), nrow=grid.shape[1])
         self._val_grid = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
