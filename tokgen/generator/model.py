@@ -397,18 +397,13 @@ class GPT(nn.Module):
 
         The tokenizer identity it was trained on is kept in ``model.tokenizer_info`` (or None).
         """
-        from ..checkpoint import load_checkpoint, load_module_weights
+        from ..checkpoint import load_tokgen_model
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        meta = ckpt.get("tokgen") or {}
-        if meta.get("kind") != "generator" or "generator_config" not in meta:
-            kind = meta.get("kind", "unknown")
-            raise ValueError(
-                f"checkpoint {path} is not a tokgen generator checkpoint (kind={kind!r}); "
-                f"pass a checkpoint written by `tokgen fit` with tokgen.lit.GeneratorModule"
-            )
-        model = cls(GPTConfig.from_dict(meta["generator_config"]))
-        load_module_weights(model, ckpt, "generator", path, use_ema)
+        model, meta = load_tokgen_model(
+            path, lambda c: cls(GPTConfig.from_dict(c)), "generator_config", "generator", kinds=("generator",),
+            what="tokgen generator", hint="pass a checkpoint written by `tokgen fit` with tokgen.lit.GeneratorModule",
+            use_ema=use_ema, map_location=map_location,
+        )
         model.tokenizer_info = meta.get("tokenizer")
         model.checkpoint_path = path
-        return model.eval()
+        return model

@@ -231,16 +231,14 @@ class HaltingTokenizer(Tokenizer1D):
     @classmethod
     def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "HaltingTokenizer":
         """Load from a checkpoint written by ``tokgen fit`` with ``tokgen.lit.HaltingModule`` (no YAML needed)."""
-        from ..checkpoint import load_checkpoint, load_module_weights
+        from ..checkpoint import load_tokgen_model
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        meta = ckpt.get("tokgen") or {}
-        if meta.get("kind") != "halting_tokenizer":
-            raise ValueError(f"checkpoint {path} is not a halting tokenizer (kind={meta.get('kind')!r}); "
-                             f"train one with tokgen.lit.HaltingModule, e.g. configs/tokenizer/shapes_halting.yaml")
-        model = cls(HaltingConfig.from_dict(meta["tokenizer_config"]))
-        load_module_weights(model, ckpt, "tokenizer", path, use_ema)
-        return model.eval()
+        return load_tokgen_model(
+            path, lambda c: cls(HaltingConfig.from_dict(c)), "tokenizer_config", "tokenizer",
+            kinds=("halting_tokenizer",), what="halting tokenizer",
+            hint="train one with tokgen.lit.HaltingModule, e.g. configs/tokenizer/shapes_halting.yaml",
+            use_ema=use_ema, map_location=map_location,
+        )[0]
 
 
 # ---------------------------------------------------------------------------------------------- search baseline

@@ -201,15 +201,10 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
     @classmethod
     def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "Tokenizer1D":
         """Load a tokenizer from a Lightning checkpoint written by ``tokgen fit`` (no YAML needed)."""
-        from ..checkpoint import load_checkpoint, load_module_weights
+        from ..checkpoint import load_tokgen_model
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        meta = ckpt.get("tokgen") or {}
-        if "tokenizer_config" not in meta:
-            raise ValueError(f"checkpoint {path} holds no tokgen tokenizer config; was it written by `tokgen fit`?")
-        model = cls(TokenizerConfig.from_dict(meta["tokenizer_config"]))
-        load_module_weights(model, ckpt, "tokenizer", path, use_ema)
-        return model.eval()
+        return load_tokgen_model(path, lambda c: cls(TokenizerConfig.from_dict(c)), "tokenizer_config", "tokenizer",
+                                 what="tokgen tokenizer", use_ema=use_ema, map_location=map_location)[0]
 
 
 def _init_weights(module: nn.Module) -> None:

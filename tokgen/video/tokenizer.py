@@ -264,14 +264,12 @@ class VideoTokenizer(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "VideoTokenizer":
         """Load from a Lightning checkpoint written by ``tokgen fit`` with a video recipe (no YAML needed)."""
-        from ..checkpoint import load_checkpoint, load_module_weights
+        from ..checkpoint import load_tokgen_model
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        meta = ckpt.get("tokgen") or {}
-        if "video_tokenizer_config" not in meta:
-            raise ValueError(f"checkpoint {path} holds no video tokenizer config; was it written by a video recipe?")
-        model = cls(VideoTokenizerConfig.from_dict(meta["video_tokenizer_config"]))
-        load_module_weights(model, ckpt, "tokenizer", path, use_ema)
+        model, meta = load_tokgen_model(
+            path, lambda c: cls(VideoTokenizerConfig.from_dict(c)), "video_tokenizer_config", "tokenizer",
+            what="video tokenizer", hint="was it written by a video recipe?", use_ema=use_ema, map_location=map_location,
+        )
         model.extraction = meta.get("extraction")
-        return model.eval()
+        return model
 
