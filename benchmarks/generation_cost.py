@@ -2,6 +2,7 @@
 
     python benchmarks/generation_cost.py                 # k = 8 .. 256, KV cache and full re-computation
     python benchmarks/generation_cost.py --nocache-max-k 256 --json out.json
+    python benchmarks/generation_cost.py --no-train --no-steps --gqa 4,2,1   # grouped-query variants
 
 Model: vocabulary 4096, 10 classes + null, dim 256, 8 layers x 8 heads, SwiGLU 768, RMSNorm, untied head
 (8.92 M parameters), fp32, random weights (seed 0). Batch 8, temperature 1, no top-k/top-p, multinomial
@@ -152,6 +153,8 @@ def main(argv=None) -> dict:
     p.add_argument("--no-steps", action="store_true", help="skip the per-step time vs position fit")
     p.add_argument("--step-repeats", type=int, default=15)
     p.add_argument("--bf16-cache", action="store_true", help="also time the opt-in bf16 KV cache (approximate)")
+    p.add_argument("--gqa", default=None, help="also time grouped-query variants with these n_kv_head values, "
+                   "e.g. 2,1 (exact attention; fewer cached bytes per position)")
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode step (dynamic positions)")
     p.add_argument("--compile-only", action="store_true", help="only the compiled vs eager decode step")
     p.add_argument("--json", default=None, help="also write the JSON to this file")
@@ -200,13 +203,28 @@ def main(argv=None) -> dict:
                 fit = {"error": f"{type(err).__name__}: {err}"[:500]}
             result["compiled_step"][name] = fit
             log(f"compiled decode step {name}: {fit.get('speedup_vs_eager', fit.get('error'))}")
-    if args.bf16_cache and not args.compile_only:  # opt-in reduced-precision cache (logits differ ~1e-2): what halving the KV bytes buys
-        result["bf16_cache"] = {}
+    def short_ratios(variant: GPT, cache_dtype=None) -> dict:
+        """t(256)/t(32) of a variant (cache generation only), with and without CFG, against the fp32 MHA run."""
+        out = {}
         for cfg, name in ((1.0, "nocfg"), (args.cfg, f"cfg{args.cfg:g}")):
-            r = bench_generation(model, labels, [32, 256], cfg, True, args.warmup, args.repeats, cache_dtype=torch.bfloat16)
-            fp32 = result[name]["cache"].get(256)
-            result["bf16_cache"][name] = {"cache": r, "cache_t256_over_t32": ratio(r, 256, 32),
-                                          "speedup_at_k256_vs_fp32": fp32 and fp32["ms_per_batch"] / r[256]["ms_per_batch"]}
+            r = bench_generation(variant, labels, [32, 256], cfg, True, args.warmup, args.repeats, cache_dtype=cache_dtype)
+            base = result.get(name, {}).get("cache", {}).get(256)
+            out[name] = {"cache": r, "cache_t256_over_t32": ratio(r, 256, 32),
+                         "speedup_at_k256_vs_fp32": base and base["ms_per_batch"] / r[256]["ms_per_batch"]}
+            log(f"  -> {name}: t(256)/t(32) = {out[name]['cache_t256_over_t32']:.2f}")
+        return out
+
+    if args.bf16_cache and not args.compile_only:  # opt-in reduced-precision cache (logits differ ~1e-2): what halving the KV bytes buys
+        result["bf16_cache"] = short_ratios(model, torch.bfloat16)
+    if args.gqa and not args.compile_only:  # grouped-query variants: same query heads, fewer key/value heads (exact)
+        result["gqa"] = {}
+        for kv in (int(h) for h in args.gqa.split(",")):
+            torch.manual_seed(0)
+            variant = GPT(GPTConfig(**{**AR_SMALL_V1, "n_kv_head": kv})).eval()
+            log(f"grouped-query variant n_kv_head={kv}: {variant.num_parameters():,} parameters")
+            result["gqa"][f"kv{kv}"] = {"n_kv_head": kv, "parameters": variant.num_parameters(),
+                                        "kv_cache_bytes_per_position": 2 * 4 * args.batch * kv * variant.config.head_dim
+                                        * variant.config.n_layer, **short_ratios(variant)}
     if not args.no_train and not args.compile_only:
         result["training"] = bench_training(AR_SMALL_V1, 32, 128, 3, 10)
         log(f"training: {result['training']['tokens_per_s']:.0f} tokens/s")

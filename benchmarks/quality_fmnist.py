@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--tokens", type=int, default=None, help="number of tokens K (default: the recipe's)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--nested", nargs="?", const="pow2", default=None, choices=("pow2", "pow2_full", "uniform"),
+    mode.add_argument("--nested", nargs="?", const="pow2", default=None, choices=("pow2", "pow2_full", "pow2_dual", "uniform"),
                       help="train with nested dropout and score every power-of-two prefix")
     mode.add_argument("--fixed-k", type=int, default=None, help="a fixed-length model with this many tokens")
     p.add_argument("--test-size", type=int, default=10000, help="test images scored (the workload: all 10000)")

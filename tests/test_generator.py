@@ -29,6 +29,14 @@ def test_ar_small_v1_size_matches_benchmark_workload():
     assert model.class_embedding.num_embeddings == 11
 
 
+def test_grouped_query_attention_config():
+    model = tiny(n_kv_head=2)
+    assert model.blocks[0].attn.qkv.weight.shape == ((4 + 2 * 2) * 8, 32)  # 4 query heads, 2 key/value heads
+    assert tiny().config.n_kv_head == 4  # default: one key/value head per query head
+    with pytest.raises(ValueError, match="n_kv_head=3 must be a positive divisor of n_head=4"):
+        GPTConfig(vocab_size=50, block_size=12, dim=32, n_head=4, n_kv_head=3)
+
+
 def test_weight_tying_and_eos_vocabulary():
     model = tiny(tie_weights=True, use_eos=True)
     assert model.head.weight is model.tok_embedding.weight
@@ -47,9 +55,11 @@ def test_rope_condition_is_not_rotated_and_attention_is_relative():
     assert torch.allclose(apply_rope(q, cos[5], sin[5]).norm(), q.norm(), atol=1e-5)  # a rotation
 
 
-@pytest.mark.parametrize("guided_rows, factors", [(False, None), (True, None), (True, [5, 10])])
-def test_kv_cache_decode_matches_full_forward(guided_rows, factors):
-    model = tiny(vocab_factors=factors)
+@pytest.mark.parametrize("guided_rows, factors, kv_heads", [(False, None, None), (True, None, None),
+                                                           (True, [5, 10], None), (True, None, 2), (False, None, 1)])
+def test_kv_cache_decode_matches_full_forward(guided_rows, factors, kv_heads):
+    """Also with grouped-query attention (n_kv_head 2 or 1 for 4 query heads): the cache holds n_kv_head heads."""
+    model = tiny(vocab_factors=factors, n_kv_head=kv_heads)
     B, T = 3, 11
     tokens = torch.randint(0, 50, (B, T))
     labels = torch.tensor([0, 3, 4])  # 4 = null class, as in the CFG rows
@@ -58,6 +68,7 @@ def test_kv_cache_decode_matches_full_forward(guided_rows, factors):
     with torch.no_grad():
         full, hidden = model(tokens, labels, return_hidden=True)  # (B, T + 1, V), (B, T + 1, dim)
         caches = model.new_cache(tokens.shape[0], T + 1)
+        assert caches[0].kv.shape[2] == (kv_heads or 4)
         steps = [model.forward_cached(model.class_embedding(labels)[:, None], 0, caches)]
         for t in range(T):
             steps.append(model.forward_cached(model.embed_codes(tokens[:, t])[:, None], t + 1, caches))
@@ -97,9 +108,10 @@ def test_cache_returns_only_the_filled_part():
         caches[0].update(12, k[:, :, :1], k[:, :, :1])
 
 
-@pytest.mark.parametrize("cfg, factors", [(1.0, None), (3.0, None), (3.0, [5, 10])])
-def test_generate_with_cache_equals_full_recomputation(cfg, factors):
-    model = tiny(vocab_factors=factors)
+@pytest.mark.parametrize("cfg, factors, kv_heads", [(1.0, None, None), (3.0, None, None), (3.0, [5, 10], None),
+                                                    (3.0, None, 2)])
+def test_generate_with_cache_equals_full_recomputation(cfg, factors, kv_heads):
+    model = tiny(vocab_factors=factors, n_kv_head=kv_heads)
     labels = torch.tensor([0, 1, 2, 3, 1])
     u = sample_uniforms(7, range(5), 24)
     a, la = generate(model, labels, 12, cfg_scale=cfg, uniforms=u)
@@ -218,8 +230,9 @@ def test_label_dropout_only_in_training():
     assert torch.equal(model.condition(labels, 400, "cpu")[:, 0], model.class_embedding.weight[[0] * 400])
 
 
-def test_flop_formula_matches_flop_counter():
-    model = tiny()
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_flop_formula_matches_flop_counter(kv_heads):
+    model = tiny(n_kv_head=kv_heads)
     tokens, labels = torch.randint(0, 50, (2, 9)), torch.tensor([0, 1])
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(tokens, labels)

@@ -107,6 +107,8 @@ def test_nested_dropout_sampling():
     assert power_of_two_budgets(24) == [1, 2, 4, 8, 16, 24]
     k3 = sample_keep_lengths(1000, 32, "pow2_full", generator=g)
     assert (k3[:500] == 32).all() and set(k3[500:].tolist()) == {1, 2, 4, 8, 16, 32}
+    k4 = sample_keep_lengths(1000, 32, "pow2_dual", generator=g)  # the prefix half of a dual decode: k < K
+    assert set(k4.tolist()) == {1, 2, 4, 8, 16}
     assert (sample_keep_lengths(5, 8, "none") == 8).all()
     with pytest.raises(ValueError, match="'bogus'"):
         sample_keep_lengths(2, 8, "bogus")
@@ -131,3 +133,25 @@ def test_save_pretrained_roundtrip(tmp_path, tiny_config):
     assert torch.equal(loaded.encode(x), codes)
     for k in (1, 4, 8):
         assert torch.equal(loaded.decode(codes[:, :k]), model.decode(codes[:, :k]))
+
+
+def test_pow2_dual_training_step_decodes_full_and_prefix(tiny_config):
+    """nested_dropout="pow2_dual": one encoder pass, the decoder sees every example twice (all K, then k < K)."""
+    from tokgen.lit import TokenizerModule
+    from tokgen.lit.tokenizer import OptimConfig
+
+    torch.manual_seed(0)
+    module = TokenizerModule(tokenizer=tiny_config(), nested_dropout="pow2_dual", ema_decay=0.0,
+                             optim=OptimConfig(grad_clip=None))
+    seen = []
+    original = module.tokenizer.decode_latents
+    module.tokenizer.decode_latents = lambda z, keep=None: seen.append((z.shape[0], keep.clone())) or original(z, keep)
+    module.optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.0)
+    module.lr_schedulers = lambda: torch.optim.lr_scheduler.LambdaLR(module.optimizers(), lambda s: 1.0)
+    module.manual_backward = lambda loss: loss.backward()
+    module.log_dict = module.log = lambda *a, **k: None
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    loss = module.training_step({"image": images}, 0)
+    (rows, keep), = seen
+    K = module.tokenizer.num_tokens
+    assert rows == 6 and (keep[:3] == K).all() and (keep[3:] < K).all() and torch.isfinite(loss)

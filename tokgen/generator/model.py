@@ -53,6 +53,7 @@ class GPTConfig(DictConfig):
     dim: int = 256
     n_layer: int = 8
     n_head: int = 8
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head (multi-head)
     hidden_dim: int | None = None  # SwiGLU width; None = 2/3 * 4 * dim rounded up to multiple_of (Llama)
     multiple_of: int = 256
     norm_eps: float = 1e-5
@@ -75,6 +76,10 @@ class GPTConfig(DictConfig):
             raise ValueError(
                 f"generator dim={self.dim} must be divisible by n_head={self.n_head} with an even head size (RoPE)"
             )
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if not isinstance(self.n_kv_head, int) or self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+            raise ValueError(f"generator n_kv_head={self.n_kv_head!r} must be a positive divisor of n_head={self.n_head}")
         if self.hidden_dim is None:
             hidden = int(2 * 4 * self.dim / 3)
             self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
@@ -143,10 +148,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ---------------------------------------------------------------------------------------------------- blocks
 class Attention(nn.Module):
+    """Causal self-attention with RoPE; ``n_kv_head < n_head`` shares each key/value head between
+    ``n_head / n_kv_head`` query heads (grouped-query attention), which divides the KV cache, and the bytes
+    every decode step reads from it, by that factor."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head, self.head_dim = config.n_head, config.head_dim
-        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.qkv = nn.Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=False)
         self.proj = nn.Linear(config.dim, config.dim, bias=False)
         self.dropout = config.dropout
 
@@ -158,25 +167,29 @@ class Attention(nn.Module):
         start_pos: int = 0,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, dim) at sequence positions start_pos..start_pos+T-1; cos/sin: (T, 1, 1, head_dim)."""
+        """x: (B, T, dim) at sequence positions start_pos..start_pos+T-1; cos/sin: (T, 1, head_dim)."""
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
-        qk = apply_rope(qkv[:, :, :2], cos, sin)  # rotate q and k in one go: (B, T, 2, H, hd)
-        q = qk[:, :, 0].transpose(1, 2)  # (B, H, T, hd)
-        k = qk[:, :, 1].transpose(1, 2)
-        v = qkv[:, :, 2].transpose(1, 2)
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).view(B, T, H + 2 * Hkv, hd).split([H, Hkv, Hkv], dim=2)
+        q = apply_rope(q, cos, sin).transpose(1, 2)  # (B, H, T, hd)
+        k = apply_rope(k, cos, sin).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(start_pos, k, v)  # (B, H, start_pos + T, hd): the filled part only
+            k, v = cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, hd): the filled part only
             q = q.to(k.dtype)  # a reduced-precision cache (opt-in) halves the bytes each step reads
         if T == 1:  # one new query attends to everything before it: no mask needed
-            y = F.scaled_dot_product_attention(q, k, v)
-        elif start_pos == 0:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
-        else:  # a chunk of T queries after start_pos cached keys
-            mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            # grouped heads: the G = H / Hkv queries of a key/value head are G rows of one attention call
+            y = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, hd), k, v).view(B, H, 1, hd)
+        else:
+            if Hkv != H:
+                k, v = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, v))
+            if start_pos == 0:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+                )
+            else:  # a chunk of T queries after start_pos cached keys
+                mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, D).to(x.dtype))
 
 
@@ -345,7 +358,7 @@ class GPT(nn.Module):
             raise ValueError(f"cache of {max_len} positions exceeds the generator's context {self.config.max_seq_len}")
         ref = self.head.weight
         return [
-            KVCache(batch_size, self.config.n_head, max_len, self.config.head_dim,
+            KVCache(batch_size, self.config.n_kv_head, max_len, self.config.head_dim,
                     device=device or ref.device, dtype=dtype or ref.dtype)
             for _ in self.blocks
         ]
@@ -361,8 +374,8 @@ class GPT(nn.Module):
         return self.head(h), h
 
     def _rope(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.rope_cos[start : start + length].view(length, 1, 1, -1)  # broadcast over (B, ., 2, H, .)
-        sin = self.rope_sin[start : start + length].view(length, 1, 1, -1)
+        cos = self.rope_cos[start : start + length].view(length, 1, -1)  # broadcast over (B, T, heads, hd)
+        sin = self.rope_sin[start : start + length].view(length, 1, -1)
         return cos, sin
 
     # ------------------------------------------------------------------ bookkeeping
@@ -381,7 +394,8 @@ class GPT(nn.Module):
         ``attention=False``: projections and heads only (what torch's FlopCounterMode sees on CPU)."""
         c = self.config
         rows = new_tokens if logits_rows is None else logits_rows
-        per_layer = 2 * c.dim * (3 * c.dim + c.dim + 3 * c.hidden_dim)  # qkv, proj, w13, w2 per position
+        qkv = c.dim + 2 * c.n_kv_head * c.head_dim  # q, k, v output width
+        per_layer = 2 * c.dim * (qkv + c.dim + 3 * c.hidden_dim)  # qkv, proj, w13, w2 per position
         first = context - new_tokens + 1
         keys = new_tokens * (first + context) // 2  # sum of visible keys over the new positions
         attn = 2 * 2 * keys * c.dim if attention else 0  # q.k and p.v

@@ -44,6 +44,8 @@ class OptimConfig:
 
 
 class TokenizerModule(L.LightningModule):
+    tokenizer_class = Tokenizer1D  # the model built from ``tokenizer`` (subclasses: FlowTokenizer, ...)
+
     def __init__(
         self,
         tokenizer: TokenizerConfig | None = None,
@@ -61,8 +63,9 @@ class TokenizerModule(L.LightningModule):
             loss: pixel / perceptual / GAN loss settings.
             optim: AdamW + warm-up cosine schedule.
             nested_dropout: how many tokens each training example keeps: "uniform" (k ~ U{1..K}),
-                "pow2" (k in {1, 2, 4, ..., K}), "pow2_full" (a fraction nested_full_fraction of the batch keeps all K, the rest pow2) or
-                "none" (always K).
+                "pow2" (k in {1, 2, 4, ..., K}), "pow2_full" (a fraction nested_full_fraction of the batch keeps all K,
+                the rest pow2), "pow2_dual" (each example decoded twice from one encoding: from all K tokens and from
+                a pow2 prefix k < K; the loss averages both) or "none" (always K).
             nested_full_fraction: with "pow2_full", the fraction of each batch that keeps all K tokens.
             ema_decay: decay of the EMA weights used for validation and export (0 = no EMA).
             val_budgets: token budgets scored in validation (default 1, 2, 4, ..., K).
@@ -84,7 +87,7 @@ class TokenizerModule(L.LightningModule):
         self.ema_decay = ema_decay
         self.grid_images = grid_images
 
-        self.tokenizer = Tokenizer1D(self.tokenizer_config)
+        self.tokenizer = self.tokenizer_class(self.tokenizer_config)
         K = self.tokenizer.num_tokens
         self.val_budgets = sorted(set(val_budgets or power_of_two_budgets(K)))
         bad = [k for k in self.val_budgets if not 1 <= k <= K]
@@ -139,6 +142,23 @@ class TokenizerModule(L.LightningModule):
         opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=o.disc_lr or o.lr, betas=(o.beta1, o.beta2))
         return [opt_g, opt_d], [sched_g]
 
+    def generator_step(self, loss: torch.Tensor) -> float:
+        """Backward, clip, step the tokenizer's optimizer and LR schedule, update the EMA; returns the learning rate."""
+        opts = self.optimizers()
+        opt = opts[0] if isinstance(opts, (list, tuple)) else opts
+        sched = self.lr_schedulers()
+        sched = sched[0] if isinstance(sched, (list, tuple)) else sched
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.optim_config.grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        sched.step()
+        self.generator_steps += 1
+        if self.ema_tokenizer is not None:
+            ema_update(self.ema_tokenizer, self.tokenizer, self.ema_decay, self.generator_steps)
+        return sched.get_last_lr()[0]
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
         images = batch["image"]
@@ -148,9 +168,17 @@ class TokenizerModule(L.LightningModule):
         sched = sched[0] if isinstance(sched, (list, tuple)) else sched
         lc = self.loss_config
 
-        keep = sample_keep_lengths(images.shape[0], self.tokenizer.num_tokens, self.nested_dropout,
+        K = self.tokenizer.num_tokens
+        keep = sample_keep_lengths(images.shape[0], K, self.nested_dropout,
                                    device=images.device, full_fraction=self.nested_full_fraction)
-        recon, codes, aux = self.tokenizer(images, keep)
+        if self.nested_dropout == "pow2_dual":
+            # one encoder pass, two decodes per example: all K tokens, then the sampled prefix
+            z_q, codes, aux = self.tokenizer.quantize(self.tokenizer.encode_latents(images))
+            keep = torch.cat([torch.full_like(keep, K), keep])
+            recon = self.tokenizer.decode_latents(torch.cat([z_q, z_q]), keep)
+            images = torch.cat([images, images])  # targets for both halves
+        else:
+            recon, codes, aux = self.tokenizer(images, keep)
         rec = pixel_loss(recon, images, lc.reconstruction)
         loss = rec + sum(aux.values(), torch.zeros((), device=images.device))
         logs = {"train/rec": rec.detach(), **{f"train/{k}": v.detach() for k, v in aux.items()}}

@@ -5,12 +5,15 @@ decoder learns to reconstruct from any prefix and earlier tokens carry the coars
 One-D-Piece). ``k`` is drawn uniformly from ``1..K`` or from the powers of two ``1, 2, 4, ..., K``;
 ``pow2_full`` keeps all K tokens for a fraction ``full_fraction`` (default half) of the batch and draws the
 rest from the powers of two, so the full-length code gets as much training signal as all shorter prefixes.
+``pow2_dual`` decodes every example twice from one encoder pass: once from all K tokens and once from a
+prefix k drawn from the powers of two below K, so the full code gets the whole batch's signal and the prefixes
+get a whole batch too (the decoder runs on 2B sequences: about 1.5x the compute of a single decode).
 """
 from __future__ import annotations
 
 import torch
 
-KEEP_MODES = ("uniform", "pow2", "pow2_full", "none")
+KEEP_MODES = ("uniform", "pow2", "pow2_full", "pow2_dual", "none")
 
 
 def power_of_two_budgets(num_tokens: int) -> list[int]:
@@ -31,6 +34,9 @@ def sample_keep_lengths(
         return torch.full((batch_size,), num_tokens, dtype=torch.long, device=device)
     if mode == "uniform":
         return torch.randint(1, num_tokens + 1, (batch_size,), generator=generator).to(device)
+    if mode == "pow2_dual":  # the prefix half of a dual decode: powers of two strictly below K (K when K == 1)
+        choices = torch.tensor(power_of_two_budgets(num_tokens)[:-1] or [num_tokens])
+        return choices[torch.randint(len(choices), (batch_size,), generator=generator)].to(device)
     if mode in ("pow2", "pow2_full"):
         choices = torch.tensor(power_of_two_budgets(num_tokens))
         keep = choices[torch.randint(len(choices), (batch_size,), generator=generator)]
