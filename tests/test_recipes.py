@@ -13,6 +13,7 @@ from conftest import ROOT, build_on_meta
 PAPER_SCALE = {
     "configs/tokenizer/imagenet_titok_l32.yaml": 606_864_140,
     "configs/tokenizer/imagenet_flextok_d18.yaml": 576_820_998,
+    "configs/tokenizer/imagenet_flextok_d18_flow.yaml": 723_951_430,  # flow decoder: + AdaLN modulation per block
 }
 
 

@@ -6,12 +6,13 @@ import os
 import torch
 
 
-def load_checkpoint(path: str, map_location: str = "cpu") -> dict:
-    """torch.load with weights_only=True and one clear error for missing or corrupt files."""
+def load_checkpoint(path: str, map_location: str = "cpu", mmap: bool = False) -> dict:
+    """torch.load with weights_only=True and one clear error for missing or corrupt files (``mmap``: map the
+    tensors instead of reading them, for a quick look at the metadata)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, wrong format, pickled objects outside the safe list
         raise ValueError(
             f"checkpoint {path} is corrupt or not a tokgen/Lightning checkpoint "
@@ -20,6 +21,12 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
+
+
+def checkpoint_kind(path: str) -> str | None:
+    """The model kind a tokgen checkpoint holds (``checkpoint["tokgen"]["kind"]``, e.g. ``tokenizer1d``,
+    ``halting_tokenizer``, ``video_tokenizer``, ``generator``); None when it has no tokgen metadata."""
+    return (load_checkpoint(path, mmap=True).get("tokgen") or {}).get("kind")
 
 
 def load_module_weights(model: torch.nn.Module, ckpt: dict, name: str, path: str, use_ema: bool = True) -> None:

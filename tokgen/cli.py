@@ -57,7 +57,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> TokgenCLI
 # tokgen's own commands: name -> ("module:function", one-line help). Each function takes argv (list[str]).
 COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("tokgen.commands.tokenize:main", "encode a dataset split into token shards for generator training"),
-    "sample": ("tokgen.commands.sample:main", "sample images from a generator + tokenizer at chosen token budgets"),
+    "sample": ("tokgen.commands.sample:main",
+               "sample images (video tokenizers: clips) from a generator + tokenizer at chosen token budgets"),
     "eval": ("tokgen.commands.eval:main", "score a tokenizer per token budget (rFID, PSNR, SSIM, LPIPS) or samples (gFID)"),
     "train-features": ("tokgen.commands.train_features:main", "train a small classifier, export a TorchScript feature extractor"),
     "video-tokenize": ("tokgen.commands.video_tokenize:main", "extract a video's trajectories (count + overlay video), optionally its tokens"),

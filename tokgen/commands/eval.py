@@ -4,6 +4,7 @@
         --metrics psnr,ssim --feature-extractor features_fmnist.pt --out runs/fmnist_small/eval/fmnist.json
     tokgen eval --samples k32=samples/k32 --data fmnist --feature-extractor features_fmnist.pt --out gfid.json
     tokgen eval --ckpt runs/shapes_halting/checkpoints/last.ckpt --data shapes --target-errors 0.05,0.08,0.12
+    tokgen eval --ckpt runs/fmnist_flow_small/checkpoints/last.ckpt --data fmnist --budgets 1,2,4,32 --flow-steps 25
 
 Writes the JSON report, a Markdown table (also printed), a plot of each metric against k and a grid of
 reconstructions next to ``--out``. The protocol is in ``tokgen.metrics.evaluate``. With ``--target-errors`` (a
@@ -22,6 +23,7 @@ from ..metrics.datasets import DATA_ACCEPTED, SampleFolder, build_data
 from ..metrics.evaluate import PAIRED_METRICS, evaluate_samples, evaluate_tokenizer, write_report
 from ..metrics.features import FeatureExtractor
 from ..metrics.fid import InceptionFeatures, RealStatsCache, default_cache_dir
+from .flow_options import FLOW_OPTIONS, add_flow_arguments, apply_flow_arguments
 
 METRICS = ("fid", *PAIRED_METRICS)
 
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
+    add_flow_arguments(p)
     return p
 
 
@@ -118,6 +121,9 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if bool(args.ckpt) == bool(args.samples):
         raise ValueError("give exactly one of --ckpt (reconstructions per budget) or --samples (generated images)")
+    if args.samples and any(getattr(args, flag) is not None for flag in FLOW_OPTIONS):
+        raise ValueError("--flow-steps/--flow-cfg/--flow-seed decode a flow tokenizer checkpoint (--ckpt); "
+                         "--samples scores images that are already decoded")
     if args.target_errors is not None:
         return main_adaptive(args, argv)
     if args.batch_size < 1:
@@ -140,6 +146,7 @@ def main(argv: list[str]) -> None:
         from ..tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(args.ckpt, use_ema=not args.no_ema).to(args.device)
+        flow_sampling = apply_flow_arguments(tokenizer, args, args.ckpt)
         budgets = parse_budgets(args.budgets, tokenizer.num_tokens)
         image_size, channels = tokenizer.config.image_size, tokenizer.config.channels
         if args.image_size is not None and args.image_size != image_size:
@@ -187,6 +194,8 @@ def main(argv: list[str]) -> None:
                                           grid_images=args.grid_images, progress=progress)
         report.info["checkpoint"] = os.path.abspath(args.ckpt)
         report.info["weights"] = "raw" if args.no_ema else "ema (when present)"
+        if flow_sampling is not None:
+            report.info["flow_sampling"] = flow_sampling
     else:
         sets = {}
         for label, folder in parse_samples(args.samples).items():

@@ -8,6 +8,9 @@ Writes one PNG grid per budget (rows = classes, columns = the first ``--grid-col
 ``samples_k4.png`` etc. when several budgets are asked for) and, with ``--out-dir``, every sample as
 ``<out-dir>/k<budget>/<index>_c<class>.png`` (for gFID).
 
+With a video tokenizer checkpoint (trajectory tokens) the samples are clips, written as tiled GIF / MP4 files:
+see :mod:`tokgen.commands.sample_video`.
+
 Distributed: ``accelerate launch --multi_gpu --num_processes N sample/images.py <same args>`` (or
 ``torchrun --nproc_per_node N sample/images.py ...``) splits the batches over processes (accelerate's
 ``split_between_processes``) and gathers the grid on the main process; on a machine without GPUs the same
@@ -23,13 +26,16 @@ import os
 
 import torch
 
+from ..checkpoint import checkpoint_kind
 from ..generator import CFG_SCHEDULES, GPT, check_generator_tokenizer, generate, sample_uniforms
+from .flow_options import add_flow_arguments, apply_flow_arguments
 
 
 def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (`tokgen fit` with TokenizerModule)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (`tokgen fit` with TokenizerModule, "
+                   "or a video tokenizer: clips)")
     p.add_argument("--generator", required=True, help="generator checkpoint (`tokgen fit` with GeneratorModule)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=int, default=None, help="token budget k (default: the full K)")
@@ -45,8 +51,11 @@ def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
     p.add_argument("--eos", action="store_true", help="stop at end-of-sequence (generators trained with use_eos)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses randomness derived from (seed, i)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per generation batch (default 64)")
-    p.add_argument("--out", default="samples.png", help="grid PNG (suffixed _k<budget> for several budgets)")
-    p.add_argument("--out-dir", default=None, help="also write every sample as a PNG under this folder")
+    p.add_argument("--out", default=None, help="grid PNG (default samples.png; video tokenizers: a tiled .gif or "
+                   ".mp4, default samples.gif), suffixed _k<budget> for several budgets")
+    p.add_argument("--out-dir", default=None,
+                   help="also write every sample as a PNG (clips: .gif/.mp4) under this folder")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of written clips (video tokenizers); default 8")
     p.add_argument("--grid-cols", type=int, default=16, help="at most this many samples per class in the grid")
     p.add_argument("--device", default="auto", help="auto | cpu (auto = the process's accelerator if any)")
     p.add_argument("--threads", type=int, default=None,
@@ -56,6 +65,7 @@ def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
                    help="TorchScript classifier with classify(x) (`tokgen train-features`): report the share of "
                         "samples labelled as their conditioning class, per budget")
     p.add_argument("--metrics-json", default=None, help="write the per-budget accuracy (and settings) as JSON")
+    add_flow_arguments(p)
     return p
 
 
@@ -69,7 +79,7 @@ def parse_int_list(name: str, text: str) -> list[int]:
     return values
 
 
-def resolve_budgets(args, tokenizer_k: int, block_size: int) -> list[int]:
+def resolve_budgets(args, tokenizer_k: int, block_size: int, tokenizer_what: str = "the tokenizer's K") -> list[int]:
     if args.budgets is not None:
         budgets = sorted(set(parse_int_list("--budgets", args.budgets)))
     else:
@@ -78,7 +88,7 @@ def resolve_budgets(args, tokenizer_k: int, block_size: int) -> list[int]:
         if k < 1:
             raise ValueError(f"token budget {k} must be >= 1")
         if k > tokenizer_k:
-            raise ValueError(f"token budget {k} is above the tokenizer's K={tokenizer_k} (accepted 1..{tokenizer_k})")
+            raise ValueError(f"token budget {k} is above {tokenizer_what}={tokenizer_k} (accepted 1..{tokenizer_k})")
         if k > block_size:
             raise ValueError(f"token budget {k} is above the generator's context block_size={block_size} "
                              f"(accepted 1..{block_size})")
@@ -96,6 +106,38 @@ def resolve_classes(args, num_classes: int) -> list[int | None]:
             raise ValueError(f"class id {c} is out of range: the generator has {num_classes} classes "
                              f"(accepted 0..{num_classes - 1})")
     return classes
+
+
+def check_generator_options(args, c) -> None:
+    """--cfg and --eos against the generator's config."""
+    if args.cfg != 1.0 and c.num_classes == 0:
+        raise ValueError(f"--cfg {args.cfg} needs a class-conditional generator; this one is unconditional")
+    if args.eos and not c.use_eos:
+        raise ValueError("--eos needs a generator trained with use_eos: true")
+
+
+def plan_samples(args, classes: list[int | None]) -> tuple[list, list[list[int]], set[int]]:
+    """Sample i has class labels[i]; batches are fixed slices of the sample list (the same whatever the number
+    of processes); grid members are the first --grid-cols samples of each class."""
+    labels = [cls for cls in classes for _ in range(args.num)]
+    batches = [list(range(s, min(len(labels), s + args.batch_size))) for s in range(0, len(labels), args.batch_size)]
+    return labels, batches, {i for i in range(len(labels)) if i % args.num < args.grid_cols}
+
+
+def generate_budgets(model: GPT, args, idx: list[int], labels: list, budgets: list[int], device,
+                     shared: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Codes (B, b) and lengths (B,) <= b per budget b for the samples ``idx`` (sample i has class labels[i]);
+    with ``shared`` one generation at the largest budget serves every budget (its prefixes), else one per budget."""
+    u = sample_uniforms(args.seed, idx, max(budgets) * model.config.draws_per_token)
+    lab = None if labels[idx[0]] is None else torch.tensor([labels[i] for i in idx], device=device)
+    outputs = {}
+    for k in [max(budgets)] if shared else budgets:
+        outputs[k] = generate(
+            model, lab, k, batch_size=len(idx), cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule,
+            temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, stop_at_eos=args.eos,
+            uniforms=u)
+    return {b: (codes[:, :b], lengths.clamp(max=b))
+            for b in budgets for codes, lengths in [outputs.get(b, outputs[max(budgets)])]}
 
 
 def load_classifier(path: str, channels: int, size: int):
@@ -136,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     from torchvision.utils import make_grid
 
     from ..metrics import to_unit
-    from ..tokenizers import Tokenizer1D
+    from ..tokenizers import load_tokenizer
 
     for name in ("num", "batch_size", "grid_cols"):
         if getattr(args, name) < 1:
@@ -156,17 +198,20 @@ def run(args: argparse.Namespace) -> dict:
     if state.device.type == "cpu":
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // state.num_processes))
     device = state.device
+    if checkpoint_kind(args.tokenizer) == "video_tokenizer":  # trajectory tokens: clips instead of images
+        from .sample_video import run_video
 
-    tokenizer = Tokenizer1D.from_checkpoint(args.tokenizer, use_ema=not args.no_ema).to(device)
+        return run_video(args, state)
+    args.out = args.out or "samples.png"
+
+    tokenizer = load_tokenizer(args.tokenizer, use_ema=not args.no_ema).to(device)
+    apply_flow_arguments(tokenizer, args, args.tokenizer)  # flow tokenizers: --flow-steps/--flow-cfg/--flow-seed
     model = GPT.from_checkpoint(args.generator, use_ema=not args.no_ema).to(device)
     check_generator_tokenizer(model, tokenizer, args.tokenizer, args.generator)
     c = model.config
     budgets = resolve_budgets(args, tokenizer.num_tokens, c.block_size)
     classes = resolve_classes(args, c.num_classes)
-    if args.cfg != 1.0 and c.num_classes == 0:
-        raise ValueError(f"--cfg {args.cfg} needs a class-conditional generator; this one is unconditional")
-    if args.eos and not c.use_eos:
-        raise ValueError("--eos needs a generator trained with use_eos: true")
+    check_generator_options(args, c)
 
     classifier = None
     if args.classifier:
@@ -174,31 +219,18 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError("--classifier needs a class-conditional generator (it checks the conditioning class)")
         classifier = load_classifier(args.classifier, tokenizer.config.channels, tokenizer.config.image_size)
 
-    # the sample list: sample i has class labels[i]; batches are fixed slices of it
-    labels = [cls for cls in classes for _ in range(args.num)]
-    batches = [list(range(s, min(len(labels), s + args.batch_size))) for s in range(0, len(labels), args.batch_size)]
-    grid_members = {i for i in range(len(labels)) if i % args.num < args.grid_cols}
+    labels, batches, grid_members = plan_samples(args, classes)
     # one generation at the largest budget serves every budget (prefixes) unless the schedule depends on k
     shared = args.cfg_schedule == "constant" or args.cfg == 1.0
     shared = shared and not args.eos
-    runs = [max(budgets)] if shared else budgets
 
     grid: dict[int, list] = {b: [] for b in budgets}
     hits: dict[int, list] = {b: [0, 0] for b in budgets}  # correct, total (with --classifier)
     with state.split_between_processes(batches) as my_batches:
         for idx in my_batches:
-            u = sample_uniforms(args.seed, idx, max(budgets) * c.draws_per_token)
-            lab = None if classes == [None] else torch.tensor([labels[i] for i in idx], device=device)
-            outputs = {}
-            for k in runs:
-                codes, lengths = generate(
-                    model, lab, k, batch_size=len(idx), cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule,
-                    temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                    stop_at_eos=args.eos, uniforms=u)
-                outputs[k] = (codes, lengths)
+            outputs = generate_budgets(model, args, idx, labels, budgets, device, shared)
             for b in budgets:
-                codes, lengths = outputs[b] if b in outputs else outputs[runs[0]]
-                codes, lengths = codes[:, :b], lengths.clamp(max=b)
+                codes, lengths = outputs[b]
                 with torch.no_grad():
                     if args.eos:
                         latents = tokenizer.quantizer.codes_to_latents(codes)

@@ -11,6 +11,15 @@ skips the shards already written, so an interrupted run resumes.
 
 With a halting tokenizer, ``--target-error EPS`` keeps per image the prefix its halting head chooses for target
 error EPS (one encoder pass per batch): ``lengths`` holds each image's length and codes past it are 0.
+
+With a video tokenizer checkpoint (discrete quantizer), ``--data`` is ``moving_shapes``, ``folder:PATH`` (a folder
+of videos) or a video recipe / VideoDataModule spec; clips get the tokenizer's frame count and size, and
+trajectories are extracted with the checkpoint's extraction settings. A trajectory tokenizer writes ``lengths`` =
+the number of trajectories of each clip (slots are ordered largest first, so they are a prefix; codes past the
+length are 0), and labels 0 (moving_shapes has no class: the generator is unconditional).
+
+    tokgen tokenize --ckpt runs/video_moving_shapes_fsq_tiny/checkpoints/last.ckpt --data moving_shapes \\
+        --split train --out runs/tokens/moving_shapes_traj_tiny/train
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from ..checkpoint import checkpoint_kind
 from ..data.tokens import FORMAT, FORMAT_VERSION, INDEX_NAME, code_dtype, shard_name
 from ..generator.compat import tokenizer_identity
 
@@ -36,6 +46,7 @@ NAMES = {
     "fmnist": "tokgen.data.FashionMNISTDataModule",
     "folder": "tokgen.data.ImageFolderDataModule",
 }
+VIDEO_NAMES = {"moving_shapes": "tokgen.data.VideoDataModule", "folder": "tokgen.data.VideoDataModule"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="tokenizer checkpoint written by `tokgen fit`")
     p.add_argument("--data", required=True,
-                   help="shapes | fmnist | folder:PATH | a YAML/JSON datamodule spec or recipe file | inline spec")
+                   help="shapes | fmnist | folder:PATH | a YAML/JSON datamodule spec or recipe file | inline spec; "
+                        "video tokenizers: moving_shapes | folder:PATH (videos) | a video recipe or spec")
     p.add_argument("--split", default="train", help=f"one of {', '.join(SPLITS)} (default train)")
     p.add_argument("--out", required=True, help="output folder (index.json + shard_*.safetensors)")
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
@@ -61,12 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------------- data spec
-def parse_data_spec(spec: str, image_size: int, channels: int) -> dict:
-    """--data value -> {"class_path": ..., "init_args": {...}} with the tokenizer's image size filled in."""
+def parse_data_spec(spec: str, image_size: int, channels: int, video: dict | None = None) -> dict:
+    """--data value -> {"class_path": ..., "init_args": {...}} with the tokenizer's image size filled in.
+
+    ``video``: for a video tokenizer, the other VideoDataModule settings it fixes (num_frames, trajectories,
+    extraction); names then mean moving_shapes and folder:PATH of videos."""
+    names = NAMES if video is None else VIDEO_NAMES
     name, _, arg = spec.partition(":")
-    if name in NAMES and (name == "folder") == bool(arg):
+    if name in names and (name == "folder") == bool(arg):
         init = {"root": arg} if name == "folder" else {}
-        resolved = {"class_path": NAMES[name], "init_args": init}
+        if video is not None:
+            init["dataset"] = name
+        resolved = {"class_path": names[name], "init_args": init}
     elif os.path.isfile(spec):
         with open(spec) as f:
             loaded = yaml.safe_load(f)  # YAML is a superset of JSON
@@ -77,8 +95,9 @@ def parse_data_spec(spec: str, image_size: int, channels: int) -> dict:
         raise FileNotFoundError(f"--data file not found: {spec}")
     else:
         raise ValueError(
-            f"--data {spec!r} is not accepted; use shapes, fmnist, folder:PATH, a YAML/JSON file with a "
-            f"datamodule spec (class_path + init_args) or a recipe with a data: section, or an inline spec"
+            f"--data {spec!r} is not accepted; use {', '.join(n + (':PATH' if n == 'folder' else '') for n in names)},"
+            f" a YAML/JSON file with a datamodule spec (class_path + init_args) or a recipe with a data: section,"
+            f" or an inline spec"
         )
     if not isinstance(resolved, dict) or "class_path" not in resolved:
         raise ValueError(f"--data {spec!r} holds no datamodule spec: expected class_path and init_args")
@@ -88,7 +107,7 @@ def parse_data_spec(spec: str, image_size: int, channels: int) -> dict:
     cls = _import_class(resolved["class_path"])
     params = inspect.signature(cls.__init__).parameters
     init = resolved["init_args"]
-    for key, want in (("image_size", image_size), ("channels", channels)):
+    for key, want in (("image_size", image_size), ("channels", channels), *(video or {}).items()):
         if key not in params:
             continue
         if key in init and init[key] != want:
@@ -151,15 +170,37 @@ def _encode(tokenizer, images: torch.Tensor, target_error: float | None = None,
     return codes, torch.full((codes.shape[0],), codes.shape[1], dtype=torch.long, device=codes.device)
 
 
-def tokenize(args: argparse.Namespace) -> dict:
+def _video_setup(args: argparse.Namespace, device: torch.device):
+    """A video tokenizer checkpoint -> (tokenizer, data spec, encode(batch) -> (codes (B, K), lengths (B,)))."""
+    from ..video import VideoTokenizer
+
+    if getattr(args, "target_error", None) is not None or getattr(args, "halt_threshold", None) is not None:
+        raise ValueError(f"--target-error / --halt-threshold need a halting tokenizer; {args.ckpt} holds a video "
+                         f"tokenizer (its token count is the number of trajectories): drop them")
+    tokenizer = VideoTokenizer.from_checkpoint(args.ckpt, use_ema=not args.no_ema).to(device)
+    c = tokenizer.config
+    trajectory = c.kind == "trajectory"
+    fixed = {"num_frames": c.num_frames, "trajectories": trajectory}
+    if trajectory:
+        fixed["extraction"] = tokenizer.extraction_settings()
+    spec = parse_data_spec(args.data, c.image_size, c.channels, video=fixed)
+    slots = torch.arange(tokenizer.num_tokens, device=device)
+
+    def encode(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = batch["traj_ids"].to(device) if trajectory else None
+        _, codes, token_mask, _ = tokenizer.encode(batch["video"].to(device), ids)
+        lengths = token_mask.sum(1)
+        if not torch.equal(token_mask, slots < lengths[:, None]):  # extraction numbers trajectories 0..N-1
+            raise ValueError("trajectory slots of a clip are not a prefix; its id map skips an id")
+        return codes.masked_fill(~token_mask, 0), lengths
+
+    return tokenizer, spec, encode
+
+
+def _image_setup(args: argparse.Namespace, device: torch.device):
+    """An image tokenizer checkpoint -> (tokenizer, data spec, encode(batch) -> (codes (B, K), lengths (B,)))."""
     from ..tokenizers import HaltingTokenizer, load_tokenizer
 
-    if args.split not in SPLITS:
-        raise ValueError(f"--split {args.split!r} is not accepted; use one of {', '.join(SPLITS)}")
-    for name in ("batch_size", "shard_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     tokenizer = load_tokenizer(args.ckpt, use_ema=not args.no_ema).to(device)
     target_error = getattr(args, "target_error", None)
     threshold = getattr(args, "halt_threshold", None)
@@ -170,9 +211,24 @@ def tokenize(args: argparse.Namespace) -> dict:
         tokenizer.condition_index(target_error, 1)  # outside the trained range: fail before encoding
     elif threshold is not None:
         raise ValueError("--halt-threshold only applies with --target-error")
-    if tokenizer.quantizer.codebook_size is None:
-        raise ValueError(f"tokenizer {args.ckpt} has continuous tokens (identity quantizer); token shards need codes")
     spec = parse_data_spec(args.data, tokenizer.config.image_size, tokenizer.config.channels)
+    return tokenizer, spec, lambda batch: _encode(tokenizer, batch["image"].to(device), target_error, threshold)
+
+
+def tokenize(args: argparse.Namespace) -> dict:
+    if args.split not in SPLITS:
+        raise ValueError(f"--split {args.split!r} is not accepted; use one of {', '.join(SPLITS)}")
+    for name in ("batch_size", "shard_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    video = checkpoint_kind(args.ckpt) == "video_tokenizer"
+    tokenizer, spec, encode = (_video_setup if video else _image_setup)(args, device)
+    if tokenizer.quantizer.codebook_size is None:
+        raise ValueError(f"tokenizer {args.ckpt} has continuous tokens (identity quantizer); token shards need codes"
+                         + ("; train the video tokenizer with a discrete quantizer (e.g. "
+                            "configs/video/moving_shapes_fsq_tiny.yaml)" if video else ""))
+    target_error = getattr(args, "target_error", None)
     dataset, dm = build_split(spec, args.split)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     if n < 1:
@@ -211,7 +267,8 @@ def tokenize(args: argparse.Namespace) -> dict:
     _write_json(index_path, meta)
 
     dtype = code_dtype(tokenizer.quantizer.codebook_size)
-    bar = tqdm(total=n, initial=sum(s["num_examples"] for s in shards), unit="img", desc=f"tokenize {args.split}",
+    bar = tqdm(total=n, initial=sum(s["num_examples"] for s in shards), unit="clip" if video else "img",
+               desc=f"tokenize {args.split}",
                disable=args.no_progress)
     with torch.inference_mode():
         for shard in todo:
@@ -220,10 +277,11 @@ def tokenize(args: argparse.Namespace) -> dict:
                                 num_workers=args.num_workers)
             codes, lengths, labels = [], [], []
             for batch in loader:
-                c, l = _encode(tokenizer, batch["image"].to(device), target_error, threshold)
+                c, l = encode(batch)
                 codes.append(c.cpu().to(dtype))
                 lengths.append(l.cpu().to(torch.int32))
-                labels.append(batch["label"].to(torch.int64))
+                label = batch["label"] if "label" in batch else torch.zeros(len(c))  # video clips: no class
+                labels.append(label.to(torch.int64))
                 bar.update(len(c))
             path = os.path.join(args.out, shard["file"])
             save_file({"codes": torch.cat(codes).contiguous(), "lengths": torch.cat(lengths),

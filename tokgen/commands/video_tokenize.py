@@ -118,10 +118,9 @@ def eval_main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--data {args.data!r} is not accepted; use moving_shapes or folder:PATH")
     K = model.num_tokens
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else sorted({min(2**i, K) for i in range(K.bit_length() + 1)})
-    extraction = dict(getattr(model, "extraction", None) or {})
-    extraction.setdefault("max_trajectories", c.max_tokens)
     dm = VideoDataModule(dataset=name, root=root or None, num_frames=c.num_frames, image_size=c.image_size,
-                         val_size=args.num_clips, trajectories=c.kind == "trajectory", extraction=extraction,
+                         val_size=args.num_clips, trajectories=c.kind == "trajectory",
+                         extraction=model.extraction_settings(),
                          batch_size=args.batch_size)
     result = evaluate_video_tokenizer(model, dm.val_dataloader(), budgets, limit=args.num_clips)
     print(f"{c.kind} tokenizer, {result['clips']} clips ({c.num_frames} frames at {c.image_size}x{c.image_size})")

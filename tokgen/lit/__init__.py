@@ -1,6 +1,7 @@
 """LightningModules wrapping tokgen models with losses, optimizers and logging."""
+from .flow import FlowModule
 from .generator import GeneratorModule
 from .halting import HaltingModule
 from .tokenizer import LossConfig, OptimConfig, TokenizerModule
 
-__all__ = ["GeneratorModule", "HaltingModule", "LossConfig", "OptimConfig", "TokenizerModule"]
+__all__ = ["FlowModule", "GeneratorModule", "HaltingModule", "LossConfig", "OptimConfig", "TokenizerModule"]

@@ -165,9 +165,9 @@ class GeneratorModule(L.LightningModule):
         path = self.tokenizer_ckpt or (self.tokenizer_info or {}).get("checkpoint")
         if not path or not os.path.isfile(path):
             return  # optional: no tokenizer at hand, no grid
-        from ..tokenizers import Tokenizer1D
+        from ..tokenizers import load_tokenizer
 
-        tokenizer = Tokenizer1D.from_checkpoint(path).to(self.device)
+        tokenizer = load_tokenizer(path).to(self.device)  # any kind, flow decoders included
         model = self.eval_generator()
         c = self.generator_config
         n_cls = min(c.num_classes, 10)

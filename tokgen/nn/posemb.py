@@ -11,7 +11,8 @@ def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """positions: (N,) -> (N, dim) with sin on the first half and cos on the second."""
     if dim % 2 != 0:
         raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    steps = torch.arange(dim // 2, dtype=torch.float64, device=positions.device)
+    freqs = torch.exp(-math.log(10000.0) * steps / (dim // 2))
     angles = positions.double()[:, None] * freqs[None]
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 

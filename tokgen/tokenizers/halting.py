@@ -169,16 +169,11 @@ class HaltingTokenizer(Tokenizer1D):
     def encode_hidden(self, images: torch.Tensor, condition: torch.Tensor | None = None):
         """images (B, C, H, W) in [-1, 1], condition (B,) indices (None = unconditioned)
         -> (register latents (B, K, token_dim), halting logits (B, K))."""
-        if images.dim() != 4 or images.shape[1] != self.config.channels:
-            raise ValueError(
-                f"expected images of shape (B, {self.config.channels}, {self.image_size}, {self.image_size}), "
-                f"got {tuple(images.shape)}")
-        B = images.shape[0]
+        self.check_images(images)
+        patches, registers = self.encoder_tokens(images)  # (B, N, W), (B, K, W): token-mixed when enabled
         if condition is None:
-            condition = torch.zeros(B, dtype=torch.long, device=images.device)
-        patches = self.enc_pos(self.patch_embed(images))  # (B, N, W)
+            condition = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
         eps_token = self.eps_embed(condition)[:, None]  # (B, 1, W)
-        registers = self.registers.expand(B, -1, -1)  # (B, K, W)
         x = self.encoder(torch.cat([patches, eps_token, registers], dim=1), self.enc_mask)
         hidden = x[:, -self.num_tokens:]  # (B, K, W)
         return self.to_token(hidden), self.halt_head(hidden).squeeze(-1)

@@ -83,19 +83,37 @@ def register_attention_mask(num_patches: int, num_tokens: int, mode: str) -> tor
     return mask
 
 
+def fill_prefix(tokens: torch.Tensor, num_tokens: int, mask_token: torch.Tensor,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens (B, k, W) of a prefix, 1 <= k <= K -> (B, K, W) where positions >= k, and >= keep[b] when keep (B,)
+    is given, hold the mask token (W,): truncation at inference and nested dropout in training."""
+    B, k = tokens.shape[:2]
+    if k < num_tokens:
+        tokens = torch.cat([tokens, mask_token.expand(B, num_tokens - k, -1)], dim=1)
+    if keep is not None:
+        tokens = apply_nested_dropout(tokens, keep, mask_token)
+    return tokens
+
+
 class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=["tokgen", "image-tokenizer"]):
+    config_class = TokenizerConfig  # what ``config`` must be (or a dict of); subclasses name their own
+
     def __init__(self, config: TokenizerConfig | dict | None = None):
         super().__init__()
         if config is None:
-            config = TokenizerConfig()
+            config = self.config_class()
         elif isinstance(config, dict):
-            config = TokenizerConfig.from_dict(config)
+            config = self.config_class.from_dict(config)
+        elif not isinstance(config, self.config_class):
+            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__} (or a dict), "
+                             f"got {type(config).__name__}")
         self.config = c = config
         self.quantizer = c.quantizer.build()
         token_dim = c.quantizer.token_dim
 
         # --- encoder: [patches | registers] -> registers -> token_dim
-        self.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.channels, c.width)
+        in_channels, in_size = self.encoder_input(c)
+        self.patch_embed = PatchEmbed(in_size, c.patch_size, in_channels, c.width)
         num_patches = self.patch_embed.num_patches
         self.enc_pos = build_pos_emb(c.pos_emb, self.patch_embed.grid, c.width)
         self.registers = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
@@ -104,11 +122,20 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         self.register_buffer(
             "enc_mask", register_attention_mask(num_patches, c.num_tokens, c.register_attention), persistent=False
         )
-        # token mixing: (K, N) pooling of patches into registers, (N, K) un-pooling of tokens into patch queries
+        # token mixing: (K, N) pooling of patches into registers (the decoder's (N, K) un-pooling is built below)
         self.enc_mix = nn.Parameter(torch.randn(c.num_tokens, num_patches) * num_patches**-0.5) if c.token_mixing else None
-        self.dec_mix = nn.Parameter(torch.randn(num_patches, c.num_tokens) * c.num_tokens**-0.5) if c.token_mixing else None
 
-        # --- decoder: [patch queries | tokens] -> patch queries -> pixels
+        self.build_decoder(c, token_dim)
+        self.apply(_init_weights)
+
+    def encoder_input(self, config: TokenizerConfig) -> tuple[int, int]:
+        """(channels, size) of what the encoder's patch embedding reads: the images themselves here."""
+        return config.channels, config.image_size
+
+    def build_decoder(self, config: TokenizerConfig, token_dim: int) -> None:
+        """The direct decoder: [patch queries | tokens] -> patch queries -> pixels."""
+        c, num_patches = config, self.patch_embed.num_patches
+        self.dec_mix = nn.Parameter(torch.randn(num_patches, c.num_tokens) * c.num_tokens**-0.5) if c.token_mixing else None
         self.from_token = nn.Linear(token_dim, c.width)
         self.mask_token = nn.Parameter(torch.randn(c.width) * 0.02)  # stands in for dropped tokens
         self.token_pos = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
@@ -116,7 +143,6 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         self.dec_pos = build_pos_emb(c.pos_emb, self.patch_embed.grid, c.width)
         self.decoder = Transformer(c.width, c.decoder_depth, c.num_heads, c.mlp_ratio, c.qk_norm)
         self.to_pixels = nn.Linear(c.width, c.patch_size * c.patch_size * c.channels)
-        self.apply(_init_weights)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -128,19 +154,31 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         return self.config.image_size
 
     # ------------------------------------------------------------------ encoder
-    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (B, C, H, W) in [-1, 1] -> continuous register latents (B, K, token_dim)."""
+    def check_images(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != self.config.channels:
             raise ValueError(
                 f"expected images of shape (B, {self.config.channels}, {self.image_size}, {self.image_size}), "
                 f"got {tuple(images.shape)}"
             )
-        patches = self.enc_pos(self.patch_embed(images))  # (B, N, W)
-        registers = self.registers.expand(images.shape[0], -1, -1)  # (B, K, W)
-        if self.enc_mix is not None:
-            registers = registers + torch.einsum("kn,bnw->bkw", self.enc_mix, patches)
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, C, H, W) in [-1, 1] -> continuous register latents (B, K, token_dim)."""
+        self.check_images(images)
+        return self.encode_registers(images)
+
+    def encode_registers(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's own input x (B, C', S, S) (see ``encoder_input``) -> register latents (B, K, token_dim)."""
+        patches, registers = self.encoder_tokens(x)
         x = self.encoder(torch.cat([patches, registers], dim=1), self.enc_mask)
         return self.to_token(x[:, -self.num_tokens :])
+
+    def encoder_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C', S, S) -> (patch embeddings (B, N, W), initial registers (B, K, W), token-mixed if enabled)."""
+        patches = self.enc_pos(self.patch_embed(x))  # (B, N, W)
+        registers = self.registers.expand(x.shape[0], -1, -1)  # (B, K, W)
+        if self.enc_mix is not None:
+            registers = registers + torch.einsum("kn,bnw->bkw", self.enc_mix, patches)
+        return patches, registers
 
     def quantize(self, latents: torch.Tensor):
         """(B, K, token_dim) -> (z_q, codes, aux_losses)."""
@@ -157,13 +195,8 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
 
         Positions >= k (and >= keep[b]) are replaced by the mask token. Returns images (B, C, H, W).
         """
-        B, k = z_q.shape[:2]
-        tokens = self.from_token(z_q)  # (B, k, W)
-        if k < self.num_tokens:
-            pad = self.mask_token.expand(B, self.num_tokens - k, -1)
-            tokens = torch.cat([tokens, pad], dim=1)
-        if keep is not None:
-            tokens = apply_nested_dropout(tokens, keep, self.mask_token)
+        B = z_q.shape[0]
+        tokens = fill_prefix(self.from_token(z_q), self.num_tokens, self.mask_token, keep)  # (B, K, W)
         queries = self.dec_pos(self.patch_query.expand(B, self.patch_embed.num_patches, -1))
         if self.dec_mix is not None:
             queries = queries + torch.einsum("nk,bkw->bnw", self.dec_mix, tokens)
@@ -212,6 +245,6 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)

@@ -111,6 +111,7 @@ class VideoTokenizer(nn.Module):
         if isinstance(config, dict):
             config = VideoTokenizerConfig.from_dict(config)
         self.config = c = config or VideoTokenizerConfig()
+        self.extraction: dict | None = None  # trajectory extraction settings it was trained with (from_checkpoint)
         self.quantizer = c.quantizer.build()
         d_tok = c.quantizer.token_dim
         if c.kind == "trajectory":
@@ -159,6 +160,13 @@ class VideoTokenizer(nn.Module):
     @property
     def num_tokens(self) -> int:
         return self.config.num_tokens
+
+    def extraction_settings(self) -> dict:
+        """ExtractionConfig fields for clips given to this tokenizer: the training settings saved in the
+        checkpoint, with at most ``max_tokens`` trajectories."""
+        extraction = dict(self.extraction or {})
+        extraction.setdefault("max_trajectories", self.config.max_tokens)
+        return extraction
 
     # ------------------------------------------------------------------ checks
     def check_video(self, video: torch.Tensor) -> None:
