@@ -241,3 +241,13 @@ def test_eval_adaptive_and_tokenize_target_error(tmp_path, tiny_config):
         ["tokenize", "--ckpt", str(plain), "--data", "shapes", "--out", str(tmp_path / "t3"), "--target-error", "0.1"])
     assert "--budgets does not apply" in error(
         ["eval", "--ckpt", ckpt, "--data", "shapes", "--target-errors", "0.1", "--budgets", "1,2"])
+
+
+def test_token_mixing_reaches_the_halting_encoder():
+    """With token_mixing the halting encoder's registers start from the learned pooling of the patches too:
+    the pooling matrix gets gradient from the register latents and the halting logits."""
+    torch.manual_seed(0)
+    tok = HaltingTokenizer(halting_config(token_mixing=True))
+    latents, logits = tok.encode_hidden(images(4), tok.condition_index(0.1, 4))
+    (latents.square().mean() + logits.mean()).backward()
+    assert tok.enc_mix is not None and tok.enc_mix.grad is not None and tok.enc_mix.grad.abs().sum() > 0
