@@ -53,6 +53,7 @@ class TokenizerModule(L.LightningModule):
         optim: OptimConfig | None = None,
         nested_dropout: str = "uniform",
         nested_full_fraction: float = 0.5,
+        nested_prefix_weight: float = 1.0,
         ema_decay: float = 0.999,
         val_budgets: list[int] | None = None,
         grid_images: int = 8,
@@ -67,6 +68,8 @@ class TokenizerModule(L.LightningModule):
                 the rest pow2), "pow2_dual" (each example decoded twice from one encoding: from all K tokens and from
                 a pow2 prefix k < K; the loss averages both) or "none" (always K).
             nested_full_fraction: with "pow2_full", the fraction of each batch that keeps all K tokens.
+            nested_prefix_weight: with "pow2_dual", the weight w of the prefix decode's reconstruction loss:
+                (loss_full + w * loss_prefix) / (1 + w).
             ema_decay: decay of the EMA weights used for validation and export (0 = no EMA).
             val_budgets: token budgets scored in validation (default 1, 2, 4, ..., K).
             grid_images: images per row of the validation PNG grid.
@@ -84,6 +87,9 @@ class TokenizerModule(L.LightningModule):
         if not 0.0 <= nested_full_fraction <= 1.0:
             raise ValueError(f"nested_full_fraction={nested_full_fraction} must be in [0, 1]")
         self.nested_full_fraction = nested_full_fraction
+        if nested_prefix_weight < 0:
+            raise ValueError(f"nested_prefix_weight={nested_prefix_weight} must be >= 0")
+        self.nested_prefix_weight = nested_prefix_weight
         self.ema_decay = ema_decay
         self.grid_images = grid_images
 
@@ -176,10 +182,13 @@ class TokenizerModule(L.LightningModule):
             z_q, codes, aux = self.tokenizer.quantize(self.tokenizer.encode_latents(images))
             keep = torch.cat([torch.full_like(keep, K), keep])
             recon = self.tokenizer.decode_latents(torch.cat([z_q, z_q]), keep)
-            images = torch.cat([images, images])  # targets for both halves
+            B, w = images.shape[0], self.nested_prefix_weight
+            rec = (pixel_loss(recon[:B], images, lc.reconstruction)
+                   + w * pixel_loss(recon[B:], images, lc.reconstruction)) / (1 + w)
+            images = torch.cat([images, images])  # targets for both halves (perceptual / GAN terms)
         else:
             recon, codes, aux = self.tokenizer(images, keep)
-        rec = pixel_loss(recon, images, lc.reconstruction)
+            rec = pixel_loss(recon, images, lc.reconstruction)
         loss = rec + sum(aux.values(), torch.zeros((), device=images.device))
         logs = {"train/rec": rec.detach(), **{f"train/{k}": v.detach() for k, v in aux.items()}}
         if self._lpips:
