@@ -112,6 +112,20 @@ class VideoTokenizerModule(L.LightningModule):
             ce = F.cross_entropy(logits, ids.long())
             loss = loss + self.alpha_weight * ce
             logs["alpha_ce"] = ce.detach()
+        import os
+        if "geo" in os.environ.get("VX", "") and getattr(model, "_geo", None) is not None:
+            centre, scale = model._geo
+            K = centre.shape[1]; H = video.shape[-1]
+            oh = F.one_hot(ids.long(), K).permute(0, 4, 1, 2, 3).float()  # B K T H W
+            n = oh.sum((3, 4)); pres = n > 0
+            coord = (torch.arange(H, dtype=torch.float32) + 0.5) / H
+            my = (oh.sum(4) * coord).sum(-1) / n.clamp_min(1); mx = (oh.sum(3) * coord).sum(-1) / n.clamp_min(1)
+            vy = (oh.sum(4) * coord ** 2).sum(-1) / n.clamp_min(1) - my ** 2
+            vx = (oh.sum(3) * coord ** 2).sum(-1) / n.clamp_min(1) - mx ** 2
+            tc = torch.stack([my, mx], -1); ts = torch.stack([vy, vx], -1).clamp_min(0).sqrt()
+            geo = ((centre - tc).abs() + (scale - ts).abs()).sum(-1)[pres].mean()
+            loss = loss + float(os.environ.get("GEOW", "1")) * geo
+            logs["geo"] = geo.detach()
         logs.update({k: v.detach() for k, v in extras["aux"].items()})
         return loss, logs
 

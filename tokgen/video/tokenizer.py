@@ -122,6 +122,9 @@ class VideoTokenizer(nn.Module):
                 nn.Conv2d(c.width, c.width, 3, padding=1),
             )
             self.feature_proj = nn.Linear(c.width, c.width)
+            import os; self._vx = set(os.environ.get("VX", "").split(","))
+            self.feature_norm = nn.LayerNorm(c.width)
+            self.colour_proj = nn.Linear(2 * c.channels, c.width)
             self.box_proj = nn.Linear(5, c.width)
             self.register_buffer("time_emb", sincos_1d(torch.arange(c.num_frames), c.width), persistent=False)
             self.summary = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
@@ -142,6 +145,14 @@ class VideoTokenizer(nn.Module):
                 layers += [nn.GELU(), nn.Linear(c.decoder_width, c.decoder_width)]
             self.broadcast_mlp = nn.Sequential(*layers, nn.GELU())
             self.to_patch = nn.Linear(c.decoder_width, c.patch_size * c.patch_size * (c.channels + 1))
+            self.colour_head = nn.Linear(c.width, c.num_frames * c.channels)
+            self.geo_head = nn.Linear(c.width, c.num_frames * 5)
+            self.sharp = nn.Parameter(torch.tensor(3.0))
+            pix = (torch.arange(c.image_size, dtype=torch.float32) + 0.5) / c.image_size
+            self.register_buffer("pix", pix, persistent=False)
+            self.rel_proj = nn.Linear(2 + 2 * 2 * 4, c.decoder_width)
+            yy, xx = torch.meshgrid(yx, yx, indexing="ij")
+            self.register_buffer("cell_yx", torch.stack([yy, xx], -1).reshape(-1, 2), persistent=False)  # (g*g, 2)
         else:
             tt, th, tw = c.tubelet
             self.tubelet_grid = (c.num_frames // tt, c.image_size // th, c.image_size // tw)
@@ -153,6 +164,8 @@ class VideoTokenizer(nn.Module):
             self.dec_pos = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
             self.decoder = Transformer(c.width, c.decoder_depth, c.num_heads)
             self.to_pixels = nn.Linear(c.width, tt * th * tw * c.channels)
+            self.colour_head = nn.Linear(c.width, tt * c.channels)
+            import os; self._vx = set(os.environ.get("VX", "").split(","))
         for module in (getattr(self, n, None) for n in ("temporal", "token_mixer", "encoder", "decoder")):
             if module is not None:
                 module.apply(_init_weights)  # transformer init; convs and the broadcast MLP keep PyTorch's
@@ -205,12 +218,25 @@ class VideoTokenizer(nn.Module):
         pooled = torch.einsum("bktyx,btdyx->bktd", cell, feats) / mass.clamp_min(1e-6)[..., None]
         boxes, present = trajectory_boxes(ids, K)  # (B, K, T, 4), (B, K, T)
         area = mass / (self.grid * self.grid)
-        frame_tokens = self.feature_proj(pooled) + self.box_proj(torch.cat([boxes, area[..., None]], -1)) + self.time_emb
+        fp = self.feature_proj(pooled)
+        if "fnorm" in self._vx:
+            fp = self.feature_norm(fp)
+        frame_tokens = fp + self.box_proj(torch.cat([boxes, area[..., None]], -1)) + self.time_emb
+        if "colour" in self._vx:
+            pix = onehot.flatten(3).sum(-1).clamp_min(1.0)  # (B, K, T)
+            mean = torch.einsum("bkthw,btchw->bktc", onehot, video) / pix[..., None]
+            sq = torch.einsum("bkthw,btchw->bktc", onehot, video * video) / pix[..., None]
+            std = (sq - mean * mean).clamp_min(0).sqrt()
+            frame_tokens = frame_tokens + self.colour_proj(torch.cat([mean, std], -1))
         seq = torch.cat([self.summary.expand(B * K, 1, -1), frame_tokens.flatten(0, 1)], 1)  # (B*K, 1+T, D)
         valid = torch.cat([torch.ones(B * K, 1, dtype=torch.bool, device=video.device), present.flatten(0, 1)], 1)
         out = self.temporal(seq, valid[:, None, :].expand(-1, T + 1, -1))
         token_mask = present.any(-1)  # (B, K): slots holding a trajectory
-        return self.to_token(out[:, 0]).view(B, K, -1), token_mask
+        summ = out[:, 0]
+        if "meanpool" in self._vx:
+            pv = present.flatten(0, 1).float()
+            summ = summ + (out[:, 1:] * pv[..., None]).sum(1) / pv.sum(1, keepdim=True).clamp_min(1)
+        return self.to_token(summ).view(B, K, -1), token_mask
 
     # ------------------------------------------------------------------ trajectory decoder
     def _decode_trajectories(self, z_q: torch.Tensor, token_mask: torch.Tensor):
@@ -219,12 +245,33 @@ class VideoTokenizer(nn.Module):
         x = self.from_token(z_q)
         x = self.mixer_norm(self.token_mixer(x, token_mask[:, None, :].expand(-1, K, -1)))  # (B, K, D)
         h = self.token_to_hidden(x)[:, :, None, :] + self.pos_proj(self.pos_features)[None, None]  # (B, K, P, Dd)
+        if "rel" in self._vx:
+            geo = self.geo_head(x).view(B, K, c.num_frames, 5)
+            centre, scale = geo[..., :2].sigmoid(), F.softplus(geo[..., 2:4]) + 0.02  # (B,K,T,2) as (y, x)
+            self._geo = (centre, scale); geo_depth = geo[..., 4]
+            rel = (self.cell_yx[None, None, None] - centre[:, :, :, None]) / (2 * scale[:, :, :, None])  # (B,K,T,g*g,2)
+            freqs = (2.0 ** torch.arange(4, dtype=torch.float32)) * math.pi / 4
+            ang = rel[..., None] * freqs
+            relf = torch.cat([rel, ang.sin().flatten(-2), ang.cos().flatten(-2)], -1)
+            h = h + self.rel_proj(relf).flatten(2, 3)
         out = self.to_patch(self.broadcast_mlp(h))  # (B, K, P, p*p*(C+1))
         g, p = self.grid, c.patch_size
         out = out.view(B, K, c.num_frames, g, g, p, p, c.channels + 1)
         out = out.permute(0, 1, 2, 7, 3, 5, 4, 6).reshape(B, K, c.num_frames, c.channels + 1, g * p, g * p)
         rgb, alpha = out[:, :, :, : c.channels], out[:, :, :, c.channels]  # (B, K, T, C, H, W), (B, K, T, H, W)
+        if "prior" in self._vx:
+            centre, scale = self._geo
+            ry = (self.pix[None, None, None, :] - centre[..., 0:1]) / (2 * scale[..., 0:1])  # (B,K,T,H)
+            rx = (self.pix[None, None, None, :] - centre[..., 1:2]) / (2 * scale[..., 1:2])  # (B,K,T,W)
+            r2 = ry[..., :, None] ** 2 + rx[..., None, :] ** 2
+            alpha = alpha + self.sharp * (1 - r2) + geo_depth[..., None, None]
+        if "chead" in self._vx:
+            rgb = rgb + self.colour_head(x).view(B, K, c.num_frames, c.channels, 1, 1)
         alpha = alpha.masked_fill(~token_mask[:, :, None, None, None], float("-inf"))
+        self._rgb = rgb
+        if "gtalpha" in self._vx and self.training:
+            oh = F.one_hot(self._ids, c.max_tokens).permute(0, 4, 1, 2, 3).float()
+            return (oh[:, :, :, None] * rgb).sum(1), alpha
         weights = alpha.softmax(dim=1)
         recon = (weights[:, :, :, None] * rgb).sum(1)  # (B, T, C, H, W)
         return recon, alpha
@@ -238,8 +285,11 @@ class VideoTokenizer(nn.Module):
     def _decode_patches(self, z_q: torch.Tensor):
         c = self.config
         B = z_q.shape[0]
-        x = self.to_pixels(self.decoder(self.from_token(z_q) + self.dec_pos))  # (B, N, tt*th*tw*C)
+        h = self.decoder(self.from_token(z_q) + self.dec_pos)
+        x = self.to_pixels(h)  # (B, N, tt*th*tw*C)
         (nt, nh, nw), (tt, th, tw) = self.tubelet_grid, c.tubelet
+        if "pchead" in self._vx:
+            x = (x.view(B, -1, tt, th * tw, c.channels) + self.colour_head(h).view(B, -1, tt, 1, c.channels)).flatten(2)
         x = x.view(B, nt, nh, nw, tt, th, tw, c.channels).permute(0, 1, 4, 7, 2, 5, 3, 6)
         return x.reshape(B, c.num_frames, c.channels, c.image_size, c.image_size)
 
@@ -249,6 +299,7 @@ class VideoTokenizer(nn.Module):
         aux losses)."""
         self.check_video(video)
         if self.config.kind == "trajectory":
+            self._ids = ids
             latents, token_mask = self._encode_trajectories(video, self.check_ids(ids, video))
         else:
             latents, token_mask = self._encode_patches(video)
