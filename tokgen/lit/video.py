@@ -1,7 +1,9 @@
 """LightningModule that trains a video tokenizer (trajectory tokens or the space-time patch baseline).
 
 Loss: pixel MSE of the composited clip, plus for trajectory tokens a cross-entropy that makes the decoder's
-alpha softmax over tokens reproduce the extracted trajectory masks (``alpha_weight``), plus quantizer losses.
+alpha softmax over tokens reproduce the extracted trajectory masks (``alpha_weight``) and an L1 loss between
+the geometry the decoder reads from each token (per frame: mask centroid and spread) and the moments of the
+extracted masks (``geometry_weight``), plus quantizer losses.
 Validation logs ``val/psnr`` (all tokens), ``val/psnr_k{k}`` (first k trajectories), ``val/ssim`` and
 ``val/tokens`` (mean trajectories per clip), and writes ``samples/val_latest.png`` (rows: frames of the
 original clips, then their reconstructions).
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from ..metrics import to_unit
 from ..video.metrics import video_psnr, video_ssim
 from ..video.tokenizer import VideoTokenizer, VideoTokenizerConfig
+from ..video.trajectories import trajectory_moments
 from .ema import ema_update
 from .grids import save_val_grid, should_save_grid
 from .schedule import warmup_cosine
@@ -30,6 +33,7 @@ class VideoTokenizerModule(L.LightningModule):
         tokenizer: VideoTokenizerConfig | None = None,
         optim: OptimConfig | None = None,
         alpha_weight: float = 0.1,
+        geometry_weight: float = 0.1,
         ema_decay: float = 0.0,
         val_budgets: list[int] | None = None,
         grid_clips: int = 4,
@@ -39,6 +43,7 @@ class VideoTokenizerModule(L.LightningModule):
             tokenizer: architecture (``kind: trajectory`` or ``kind: patch``).
             optim: AdamW + warm-up cosine schedule.
             alpha_weight: weight of the mask cross-entropy on the alpha logits (trajectory tokens only).
+            geometry_weight: weight of the L1 loss on the decoded per-frame mask moments (trajectory tokens only).
             ema_decay: EMA of the weights used for validation and export (0 = off).
             val_budgets: numbers of trajectories scored in validation (default 1, 2, 4, ..., K).
             grid_clips: clips shown in the validation PNG.
@@ -46,11 +51,13 @@ class VideoTokenizerModule(L.LightningModule):
         super().__init__()
         self.tokenizer_config = tokenizer or VideoTokenizerConfig()
         self.optim_config = optim or OptimConfig()
-        if alpha_weight < 0:
-            raise ValueError(f"alpha_weight={alpha_weight} must be >= 0")
+        for name, value in (("alpha_weight", alpha_weight), ("geometry_weight", geometry_weight)):
+            if value < 0:
+                raise ValueError(f"{name}={value} must be >= 0")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
-        self.alpha_weight, self.ema_decay, self.grid_clips = alpha_weight, ema_decay, grid_clips
+        self.alpha_weight, self.geometry_weight = alpha_weight, geometry_weight
+        self.ema_decay, self.grid_clips = ema_decay, grid_clips
         self.tokenizer = VideoTokenizer(self.tokenizer_config)
         K = self.tokenizer.num_tokens
         if self.tokenizer_config.kind == "trajectory":
@@ -112,20 +119,11 @@ class VideoTokenizerModule(L.LightningModule):
             ce = F.cross_entropy(logits, ids.long())
             loss = loss + self.alpha_weight * ce
             logs["alpha_ce"] = ce.detach()
-        import os
-        if "geo" in os.environ.get("VX", "") and getattr(model, "_geo", None) is not None:
-            centre, scale = model._geo
-            K = centre.shape[1]; H = video.shape[-1]
-            oh = F.one_hot(ids.long(), K).permute(0, 4, 1, 2, 3).float()  # B K T H W
-            n = oh.sum((3, 4)); pres = n > 0
-            coord = (torch.arange(H, dtype=torch.float32) + 0.5) / H
-            my = (oh.sum(4) * coord).sum(-1) / n.clamp_min(1); mx = (oh.sum(3) * coord).sum(-1) / n.clamp_min(1)
-            vy = (oh.sum(4) * coord ** 2).sum(-1) / n.clamp_min(1) - my ** 2
-            vx = (oh.sum(3) * coord ** 2).sum(-1) / n.clamp_min(1) - mx ** 2
-            tc = torch.stack([my, mx], -1); ts = torch.stack([vy, vx], -1).clamp_min(0).sqrt()
-            geo = ((centre - tc).abs() + (scale - ts).abs()).sum(-1)[pres].mean()
-            loss = loss + float(os.environ.get("GEOW", "1")) * geo
-            logs["geo"] = geo.detach()
+        if extras["geometry"] is not None and self.geometry_weight > 0:
+            moments, present = trajectory_moments(ids.long(), extras["geometry"].shape[1])  # (B, K, T, 4)
+            geo = (extras["geometry"] - moments).abs().sum(-1)[present].mean()
+            loss = loss + self.geometry_weight * geo
+            logs["geometry"] = geo.detach()
         logs.update({k: v.detach() for k, v in extras["aux"].items()})
         return loss, logs
 

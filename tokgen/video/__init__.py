@@ -13,10 +13,12 @@ from .trajectories import (
     rag_merge,
     track_scores,
     trajectory_boxes,
+    trajectory_moments,
 )
 
 __all__ = [
     "ExtractionConfig", "MaskSource", "PrecomputedMasks", "SuperpixelSegmenter", "Trajectories", "VideoTokenizer",
     "VideoTokenizerConfig", "evaluate_video_tokenizer", "extract_trajectories", "overlay", "rag_merge", "read_clip",
-    "read_video", "track_scores", "trajectory_boxes", "video_psnr", "video_ssim", "write_video",
+    "read_video", "track_scores", "trajectory_boxes", "trajectory_moments",
+    "video_psnr", "video_ssim", "write_video",
 ]

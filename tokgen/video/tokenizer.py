@@ -5,20 +5,29 @@ trajectory id map ``ids: (B, T, H, W)`` (from :func:`tokgen.video.extract_trajec
 
 1. Per-frame patch features: a small conv stem gives ``(B, T, D, g, g)`` on a g x g grid (g = H / patch_size).
 2. Masked pooling: every trajectory's masks, area-pooled to the grid, average the features of each frame ->
-   ``(B, K, T, D)``; K = ``max_tokens`` slots, trajectories beyond the clip's count are padding.
-3. Track embedding: each frame's box (x0, y0, x1, y1) and area fraction, plus a sin-cos time embedding.
+   ``(B, K, T, D)`` (layer-normed); K = ``max_tokens`` slots, trajectories beyond the clip's count are padding.
+   The mean and standard deviation of the clip's pixels under each mask are added through a linear map: a
+   direct path from the colours to the token, so trajectories differ from the first step.
+3. Track embedding: each frame's box (x0, y0, x1, y1), area fraction and mask moments (centroid, spread),
+   plus a sin-cos time embedding.
 4. A small temporal transformer per trajectory reads ``[summary, frame_1 .. frame_T]`` with frames where
-   the trajectory is absent masked out; the summary becomes the trajectory's ONE token, projected to the
-   quantizer's dim and quantized (any :mod:`tokgen.quantize` quantizer; identity = continuous).
-5. Decoder (spatial broadcast): tokens first exchange information in one masked transformer block, then each
-   token is broadcast over the (t, y, x) grid, added to a Fourier embedding of the position, and an MLP
-   predicts for each grid cell a patch of RGB values and alpha logits. A softmax over the tokens' alpha logits
-   (padding tokens excluded) composites the per-token RGB into the clip. The alpha logits are supervised by
-   the extracted masks (cross-entropy, in :mod:`tokgen.lit.video`), the geometry itself is carried in the token.
+   the trajectory is absent masked out; the summary plus the mean of the present frames becomes the
+   trajectory's ONE token, projected to the quantizer's dim and quantized (any :mod:`tokgen.quantize`
+   quantizer; identity = continuous).
+5. Decoder: tokens first exchange information in one masked transformer block. Linear heads then read from
+   each token its per-frame geometry (mask centroid, spread and a depth logit) and per-frame base colour.
+   Each token is broadcast over the (t, y, x) grid (spatial broadcast), added to Fourier embeddings of the
+   absolute position and of the position relative to that frame's predicted centroid / spread, and an MLP
+   predicts for each grid cell a patch of RGB residuals and alpha residuals. The alpha logit of every pixel is
+   ``sharpness * (1 - |relative position|^2) + depth + residual`` (an ellipse prior around the predicted
+   geometry), the RGB is ``base colour + residual``. A softmax over the tokens' alpha logits (padding tokens
+   excluded) composites the per-token RGB into the clip. Geometry is carried in the token; training
+   supervises it from the extracted masks (alpha cross-entropy and a moment loss, in :mod:`tokgen.lit.video`).
 
 **Patch baseline** (``kind="patch"``, ViT3D style): non-overlapping ``tubelet = (t, h, w)`` space-time patches,
 one token each (a transformer encoder over them), the same quantizer, and a transformer decoder that maps the
-tokens back to their tubelets. Same interface, so both are trained and scored by the same code.
+tokens back to their tubelets (pixels = a linear map of the decoder output, plus a per-frame base colour of
+the tubelet from a second linear head: the same colour path the trajectory decoder has). Same interface, so both are trained and scored by the same code.
 """
 from __future__ import annotations
 
@@ -33,9 +42,10 @@ from ..config import DictConfig
 from ..nn import Transformer, TransformerBlock, sincos_1d
 from ..quantize import QuantizerConfig
 from ..tokenizers.tokenizer1d import _init_weights
-from .trajectories import trajectory_boxes
+from .trajectories import trajectory_boxes, trajectory_moments
 
 KINDS = ("trajectory", "patch")
+REL_BANDS = 4  # Fourier bands of the decoder's position relative to a trajectory's predicted geometry
 
 
 @dataclass
@@ -92,10 +102,10 @@ class VideoTokenizerConfig(DictConfig):
 
 
 def fourier_features(coords: torch.Tensor, num_bands: int) -> torch.Tensor:
-    """coords (P, C) in [0, 1] -> (P, C * (2 * num_bands + 1)): the coords and sin/cos at octave frequencies."""
-    freqs = (2.0 ** torch.arange(num_bands, dtype=torch.float32)) * math.pi  # (F,)
-    angles = coords[..., None] * freqs  # (P, C, F)
-    return torch.cat([coords, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)
+    """coords (..., C) in [0, 1] -> (..., C * (2 * num_bands + 1)): the coords and sin/cos at octave frequencies."""
+    freqs = (2.0 ** torch.arange(num_bands, dtype=torch.float32, device=coords.device)) * math.pi  # (F,)
+    angles = coords[..., None] * freqs  # (..., C, F)
+    return torch.cat([coords, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
 
 
 class VideoTokenizer(nn.Module):
@@ -103,7 +113,7 @@ class VideoTokenizer(nn.Module):
 
     ``forward(video, ids=None) -> (recon (B, T, C, H, W), extras)`` with ``extras`` holding ``tokens``
     (B, K, d), ``token_mask`` (B, K) bool, ``codes``, ``aux`` (quantizer losses) and, for trajectories,
-    ``alpha_logits`` (B, K, T, H, W).
+    ``alpha_logits`` (B, K, T, H, W) and ``geometry`` (B, K, T, 4): the predicted mask moments (cy, cx, sy, sx).
     """
 
     def __init__(self, config: VideoTokenizerConfig | dict | None = None):
@@ -122,10 +132,9 @@ class VideoTokenizer(nn.Module):
                 nn.Conv2d(c.width, c.width, 3, padding=1),
             )
             self.feature_proj = nn.Linear(c.width, c.width)
-            import os; self._vx = set(os.environ.get("VX", "").split(","))
             self.feature_norm = nn.LayerNorm(c.width)
-            self.colour_proj = nn.Linear(2 * c.channels, c.width)
-            self.box_proj = nn.Linear(5, c.width)
+            self.colour_proj = nn.Linear(2 * c.channels, c.width)  # mean and std of the pixels under the mask
+            self.box_proj = nn.Linear(9, c.width)  # box (4), area (1), moments (4)
             self.register_buffer("time_emb", sincos_1d(torch.arange(c.num_frames), c.width), persistent=False)
             self.summary = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
             self.temporal = Transformer(c.width, c.encoder_depth, c.num_heads)
@@ -139,20 +148,19 @@ class VideoTokenizer(nn.Module):
             coords = torch.stack(torch.meshgrid(t, yx, yx, indexing="ij"), -1).reshape(-1, 3)  # (P, 3): t, y, x
             self.register_buffer("pos_features", fourier_features(coords, 6), persistent=False)
             self.pos_proj = nn.Linear(self.pos_features.shape[1], c.decoder_width)
+            yy, xx = torch.meshgrid(yx, yx, indexing="ij")
+            self.register_buffer("cell_yx", torch.stack([yy, xx], -1).reshape(-1, 2), persistent=False)  # (g*g, 2)
+            self.register_buffer("pixel_coords", (torch.arange(c.image_size) + 0.5) / c.image_size, persistent=False)
+            self.geometry_head = nn.Linear(c.width, c.num_frames * 5)  # per frame: cy, cx, sy, sx, depth
+            self.colour_head = nn.Linear(c.width, c.num_frames * c.channels)  # per frame: base RGB
+            self.mask_sharpness = nn.Parameter(torch.tensor(3.0))
+            self.rel_proj = nn.Linear(2 * (2 * REL_BANDS + 1), c.decoder_width)
             self.token_to_hidden = nn.Linear(c.width, c.decoder_width)
             layers = []
             for _ in range(c.decoder_depth):
                 layers += [nn.GELU(), nn.Linear(c.decoder_width, c.decoder_width)]
             self.broadcast_mlp = nn.Sequential(*layers, nn.GELU())
             self.to_patch = nn.Linear(c.decoder_width, c.patch_size * c.patch_size * (c.channels + 1))
-            self.colour_head = nn.Linear(c.width, c.num_frames * c.channels)
-            self.geo_head = nn.Linear(c.width, c.num_frames * 5)
-            self.sharp = nn.Parameter(torch.tensor(3.0))
-            pix = (torch.arange(c.image_size, dtype=torch.float32) + 0.5) / c.image_size
-            self.register_buffer("pix", pix, persistent=False)
-            self.rel_proj = nn.Linear(2 + 2 * 2 * 4, c.decoder_width)
-            yy, xx = torch.meshgrid(yx, yx, indexing="ij")
-            self.register_buffer("cell_yx", torch.stack([yy, xx], -1).reshape(-1, 2), persistent=False)  # (g*g, 2)
         else:
             tt, th, tw = c.tubelet
             self.tubelet_grid = (c.num_frames // tt, c.image_size // th, c.image_size // tw)
@@ -164,8 +172,7 @@ class VideoTokenizer(nn.Module):
             self.dec_pos = nn.Parameter(torch.randn(1, c.num_tokens, c.width) * 0.02)
             self.decoder = Transformer(c.width, c.decoder_depth, c.num_heads)
             self.to_pixels = nn.Linear(c.width, tt * th * tw * c.channels)
-            self.colour_head = nn.Linear(c.width, tt * c.channels)
-            import os; self._vx = set(os.environ.get("VX", "").split(","))
+            self.colour_head = nn.Linear(c.width, tt * c.channels)  # per frame of the tubelet: base RGB
         for module in (getattr(self, n, None) for n in ("temporal", "token_mixer", "encoder", "decoder")):
             if module is not None:
                 module.apply(_init_weights)  # transformer init; convs and the broadcast MLP keep PyTorch's
@@ -216,65 +223,50 @@ class VideoTokenizer(nn.Module):
         cell = F.avg_pool2d(onehot.flatten(0, 2)[:, None], c.patch_size).view(B, K, T, self.grid, self.grid)
         mass = cell.flatten(3).sum(-1)  # (B, K, T): area in grid cells
         pooled = torch.einsum("bktyx,btdyx->bktd", cell, feats) / mass.clamp_min(1e-6)[..., None]
+        pixels = onehot.flatten(3).sum(-1).clamp_min(1.0)[..., None]  # (B, K, T, 1)
+        mean = torch.einsum("bkthw,btchw->bktc", onehot, video) / pixels  # (B, K, T, C)
+        std = (torch.einsum("bkthw,btchw->bktc", onehot, video * video) / pixels - mean**2).clamp_min(0).sqrt()
         boxes, present = trajectory_boxes(ids, K)  # (B, K, T, 4), (B, K, T)
+        moments, _ = trajectory_moments(ids, K)  # (B, K, T, 4)
         area = mass / (self.grid * self.grid)
-        fp = self.feature_proj(pooled)
-        if "fnorm" in self._vx:
-            fp = self.feature_norm(fp)
-        frame_tokens = fp + self.box_proj(torch.cat([boxes, area[..., None]], -1)) + self.time_emb
-        if "colour" in self._vx:
-            pix = onehot.flatten(3).sum(-1).clamp_min(1.0)  # (B, K, T)
-            mean = torch.einsum("bkthw,btchw->bktc", onehot, video) / pix[..., None]
-            sq = torch.einsum("bkthw,btchw->bktc", onehot, video * video) / pix[..., None]
-            std = (sq - mean * mean).clamp_min(0).sqrt()
-            frame_tokens = frame_tokens + self.colour_proj(torch.cat([mean, std], -1))
+        track = torch.cat([boxes, area[..., None], moments], -1)
+        frame_tokens = (self.feature_norm(self.feature_proj(pooled)) + self.colour_proj(torch.cat([mean, std], -1))
+                        + self.box_proj(track) + self.time_emb)
         seq = torch.cat([self.summary.expand(B * K, 1, -1), frame_tokens.flatten(0, 1)], 1)  # (B*K, 1+T, D)
         valid = torch.cat([torch.ones(B * K, 1, dtype=torch.bool, device=video.device), present.flatten(0, 1)], 1)
         out = self.temporal(seq, valid[:, None, :].expand(-1, T + 1, -1))
+        frames = present.flatten(0, 1).float()[..., None]  # (B*K, T, 1)
+        summary = out[:, 0] + (out[:, 1:] * frames).sum(1) / frames.sum(1).clamp_min(1.0)
         token_mask = present.any(-1)  # (B, K): slots holding a trajectory
-        summ = out[:, 0]
-        if "meanpool" in self._vx:
-            pv = present.flatten(0, 1).float()
-            summ = summ + (out[:, 1:] * pv[..., None]).sum(1) / pv.sum(1, keepdim=True).clamp_min(1)
-        return self.to_token(summ).view(B, K, -1), token_mask
+        return self.to_token(summary).view(B, K, -1), token_mask
 
     # ------------------------------------------------------------------ trajectory decoder
     def _decode_trajectories(self, z_q: torch.Tensor, token_mask: torch.Tensor):
+        """-> (clip (B, T, C, H, W), alpha logits (B, K, T, H, W), geometry (B, K, T, 4) as (cy, cx, sy, sx))."""
         c = self.config
         B, K, _ = z_q.shape
+        T, g, p = c.num_frames, self.grid, c.patch_size
         x = self.from_token(z_q)
         x = self.mixer_norm(self.token_mixer(x, token_mask[:, None, :].expand(-1, K, -1)))  # (B, K, D)
-        h = self.token_to_hidden(x)[:, :, None, :] + self.pos_proj(self.pos_features)[None, None]  # (B, K, P, Dd)
-        if "rel" in self._vx:
-            geo = self.geo_head(x).view(B, K, c.num_frames, 5)
-            centre, scale = geo[..., :2].sigmoid(), F.softplus(geo[..., 2:4]) + 0.02  # (B,K,T,2) as (y, x)
-            self._geo = (centre, scale); geo_depth = geo[..., 4]
-            rel = (self.cell_yx[None, None, None] - centre[:, :, :, None]) / (2 * scale[:, :, :, None])  # (B,K,T,g*g,2)
-            freqs = (2.0 ** torch.arange(4, dtype=torch.float32)) * math.pi / 4
-            ang = rel[..., None] * freqs
-            relf = torch.cat([rel, ang.sin().flatten(-2), ang.cos().flatten(-2)], -1)
-            h = h + self.rel_proj(relf).flatten(2, 3)
+        geometry = self.geometry_head(x).view(B, K, T, 5)
+        centre, spread, depth = geometry[..., :2].sigmoid(), F.softplus(geometry[..., 2:4]) + 0.02, geometry[..., 4]
+        # broadcast MLP over the (t, y, x) cells: token + absolute position + position relative to the geometry
+        rel = (self.cell_yx - centre[:, :, :, None]) / (2 * spread[:, :, :, None])  # (B, K, T, g*g, 2)
+        h = (self.token_to_hidden(x)[:, :, None, :] + self.pos_proj(self.pos_features)
+             + self.rel_proj(fourier_features(rel / 4, REL_BANDS)).flatten(2, 3))  # (B, K, P, Dd)
         out = self.to_patch(self.broadcast_mlp(h))  # (B, K, P, p*p*(C+1))
-        g, p = self.grid, c.patch_size
-        out = out.view(B, K, c.num_frames, g, g, p, p, c.channels + 1)
-        out = out.permute(0, 1, 2, 7, 3, 5, 4, 6).reshape(B, K, c.num_frames, c.channels + 1, g * p, g * p)
-        rgb, alpha = out[:, :, :, : c.channels], out[:, :, :, c.channels]  # (B, K, T, C, H, W), (B, K, T, H, W)
-        if "prior" in self._vx:
-            centre, scale = self._geo
-            ry = (self.pix[None, None, None, :] - centre[..., 0:1]) / (2 * scale[..., 0:1])  # (B,K,T,H)
-            rx = (self.pix[None, None, None, :] - centre[..., 1:2]) / (2 * scale[..., 1:2])  # (B,K,T,W)
-            r2 = ry[..., :, None] ** 2 + rx[..., None, :] ** 2
-            alpha = alpha + self.sharp * (1 - r2) + geo_depth[..., None, None]
-        if "chead" in self._vx:
-            rgb = rgb + self.colour_head(x).view(B, K, c.num_frames, c.channels, 1, 1)
+        out = out.view(B, K, T, g, g, p, p, c.channels + 1)
+        out = out.permute(0, 1, 2, 7, 3, 5, 4, 6).reshape(B, K, T, c.channels + 1, g * p, g * p)
+        # per pixel: ellipse prior around the predicted centroid / spread, plus the MLP's residuals
+        ry = (self.pixel_coords - centre[..., :1]) / (2 * spread[..., :1])  # (B, K, T, H)
+        rx = (self.pixel_coords - centre[..., 1:]) / (2 * spread[..., 1:])  # (B, K, T, W)
+        prior = self.mask_sharpness * (1 - ry[..., :, None] ** 2 - rx[..., None, :] ** 2) + depth[..., None, None]
+        alpha = out[:, :, :, c.channels] + prior  # (B, K, T, H, W)
+        rgb = out[:, :, :, : c.channels] + self.colour_head(x).view(B, K, T, c.channels, 1, 1)  # (B, K, T, C, H, W)
         alpha = alpha.masked_fill(~token_mask[:, :, None, None, None], float("-inf"))
-        self._rgb = rgb
-        if "gtalpha" in self._vx and self.training:
-            oh = F.one_hot(self._ids, c.max_tokens).permute(0, 4, 1, 2, 3).float()
-            return (oh[:, :, :, None] * rgb).sum(1), alpha
         weights = alpha.softmax(dim=1)
         recon = (weights[:, :, :, None] * rgb).sum(1)  # (B, T, C, H, W)
-        return recon, alpha
+        return recon, alpha, torch.cat([centre, spread], -1)
 
     # ------------------------------------------------------------------ patch baseline
     def _encode_patches(self, video: torch.Tensor):
@@ -285,11 +277,9 @@ class VideoTokenizer(nn.Module):
     def _decode_patches(self, z_q: torch.Tensor):
         c = self.config
         B = z_q.shape[0]
-        h = self.decoder(self.from_token(z_q) + self.dec_pos)
-        x = self.to_pixels(h)  # (B, N, tt*th*tw*C)
         (nt, nh, nw), (tt, th, tw) = self.tubelet_grid, c.tubelet
-        if "pchead" in self._vx:
-            x = (x.view(B, -1, tt, th * tw, c.channels) + self.colour_head(h).view(B, -1, tt, 1, c.channels)).flatten(2)
+        h = self.decoder(self.from_token(z_q) + self.dec_pos)  # (B, N, D)
+        x = self.to_pixels(h).view(B, -1, tt, th * tw, c.channels) + self.colour_head(h).view(B, -1, tt, 1, c.channels)
         x = x.view(B, nt, nh, nw, tt, th, tw, c.channels).permute(0, 1, 4, 7, 2, 5, 3, 6)
         return x.reshape(B, c.num_frames, c.channels, c.image_size, c.image_size)
 
@@ -299,7 +289,6 @@ class VideoTokenizer(nn.Module):
         aux losses)."""
         self.check_video(video)
         if self.config.kind == "trajectory":
-            self._ids = ids
             latents, token_mask = self._encode_trajectories(video, self.check_ids(ids, video))
         else:
             latents, token_mask = self._encode_patches(video)
@@ -312,13 +301,17 @@ class VideoTokenizer(nn.Module):
         if token_mask is None:
             token_mask = torch.ones(z_q.shape[:2], dtype=torch.bool, device=z_q.device)
         if self.config.kind == "trajectory":
-            return self._decode_trajectories(z_q, token_mask)
+            return self._decode_trajectories(z_q, token_mask)[:2]
         return self._decode_patches(z_q * token_mask[..., None]), None
 
     def forward(self, video: torch.Tensor, ids: torch.Tensor | None = None):
         z_q, codes, token_mask, aux = self.encode(video, ids)
-        recon, alpha = self.decode(z_q, token_mask)
-        return recon, {"tokens": z_q, "codes": codes, "token_mask": token_mask, "aux": aux, "alpha_logits": alpha}
+        if self.config.kind == "trajectory":
+            recon, alpha, geometry = self._decode_trajectories(z_q, token_mask)
+        else:
+            (recon, alpha), geometry = self.decode(z_q, token_mask), None
+        return recon, {"tokens": z_q, "codes": codes, "token_mask": token_mask, "aux": aux, "alpha_logits": alpha,
+                       "geometry": geometry}
 
     @classmethod
     def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "VideoTokenizer":

@@ -137,6 +137,28 @@ def trajectory_boxes(ids: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.T
     return boxes, presence
 
 
+def trajectory_moments(ids: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, T, H, W) int64 -> (moments (B, num, T, 4) as (cy, cx, sy, sx), presence (B, num, T) bool).
+
+    Per frame, the centroid and the standard deviation of each trajectory's pixel coordinates, in [0, 1] of the
+    image (pixel centres at (i + 0.5) / H); zeros where absent. A uniform disc of radius r has s = r / 2, a
+    uniform square of half-side a has s = a / sqrt(3).
+    """
+    B, T, H, W = ids.shape
+    onehot = (ids[:, None] == torch.arange(num, device=ids.device)[None, :, None, None, None]).float()
+    rows, cols = onehot.sum(-1), onehot.sum(-2)  # (B, N, T, H), (B, N, T, W): pixels per row / column
+    count = rows.sum(-1)
+    presence = count > 0
+    moments = []
+    for hist, size in ((rows, H), (cols, W)):
+        coord = (torch.arange(size, device=ids.device, dtype=torch.float32) + 0.5) / size
+        mean = (hist * coord).sum(-1) / count.clamp_min(1)
+        var = (hist * coord**2).sum(-1) / count.clamp_min(1) - mean**2
+        moments.append((mean, var.clamp_min(0).sqrt()))
+    (cy, sy), (cx, sx) = moments
+    return torch.stack([cy, cx, sy, sx], -1) * presence[..., None], presence
+
+
 # ---------------------------------------------------------------------------------------------------- mask sources
 class MaskSource(Protocol):
     """Segments one key frame: ``(H, W, 3) uint8 RGB -> (H, W) int labels`` (any non-negative ids)."""
