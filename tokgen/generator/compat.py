@@ -14,8 +14,8 @@ def weights_fingerprint(model: nn.Module) -> str:
     """Short sha256 of every parameter and buffer (names, shapes and bytes), in state-dict order."""
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim buffers cannot be viewed as bytes
+        h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
