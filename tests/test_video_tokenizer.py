@@ -113,3 +113,47 @@ def test_bad_config_names_value():
         VideoTokenizerConfig(kind="patch", num_frames=8, tubelet=[3, 16, 16])
     with pytest.raises(ValueError, match="kind='slots'"):
         VideoTokenizerConfig(kind="slots")
+
+
+def test_trajectory_moments_of_a_square():
+    from tokgen.video import trajectory_moments
+
+    ids = torch.zeros(1, 2, 8, 8, dtype=torch.long)
+    ids[0, 0, 2:6, 4:8] = 1  # frame 0: a 4x4 square, rows 2..5, columns 4..7; absent in frame 1
+    moments, present = trajectory_moments(ids, 3)
+    assert moments.shape == (1, 3, 2, 4) and present.tolist() == [[[True, True], [True, False], [False, False]]]
+    cy, cx, sy, sx = moments[0, 1, 0].tolist()
+    assert (cy, cx) == pytest.approx((4 / 8, 6 / 8)) and sy == pytest.approx(sx) == pytest.approx((1.25 / 64) ** 0.5)
+    assert (moments[0, 1, 1] == 0).all() and (moments[0, 2] == 0).all()
+
+
+def test_trajectory_module_supervises_geometry_and_beats_the_mean_colour(batch):
+    """Regression for the flat-grey tokenizer: a few steps must reconstruct better than each clip's mean colour."""
+    from tokgen.lit.tokenizer import OptimConfig
+    from tokgen.lit.video import VideoTokenizerModule
+    from tokgen.video import video_psnr
+
+    torch.manual_seed(0)
+    module = VideoTokenizerModule(VideoTokenizerConfig.from_dict(dict(SMALL, kind="trajectory")), OptimConfig(lr=5e-3))
+    loss, logs = module.compute_loss(module.tokenizer, batch)
+    assert {"rec", "alpha_ce", "geometry"} <= set(logs) and torch.isfinite(loss)
+    recon, extras = module.tokenizer(batch["video"], batch["traj_ids"])
+    assert extras["geometry"].shape == (4, 6, 4, 4)
+    opt = torch.optim.AdamW(module.tokenizer.parameters(), lr=5e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: one thread is faster, and much faster on a busy machine
+    try:
+        for _ in range(60):
+            loss, _ = module.compute_loss(module.tokenizer, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    video = batch["video"]
+    with torch.no_grad():
+        recon, _ = module.tokenizer(video, batch["traj_ids"])
+    mean_colour = video.mean(dim=(1, 3, 4), keepdim=True).expand_as(video)
+    assert video_psnr(recon, video).mean() > video_psnr(mean_colour, video).mean() + 1.0
+    with pytest.raises(ValueError, match="geometry_weight=-1"):
+        VideoTokenizerModule(VideoTokenizerConfig.from_dict(dict(SMALL, kind="trajectory")), geometry_weight=-1)

@@ -153,7 +153,7 @@ class VideoTokenizer(nn.Module):
             self.register_buffer("pixel_coords", (torch.arange(c.image_size) + 0.5) / c.image_size, persistent=False)
             self.geometry_head = nn.Linear(c.width, c.num_frames * 5)  # per frame: cy, cx, sy, sx, depth
             self.colour_head = nn.Linear(c.width, c.num_frames * c.channels)  # per frame: base RGB
-            self.mask_sharpness = nn.Parameter(torch.tensor(3.0))
+            self.mask_sharpness = nn.Parameter(torch.full((1,), 3.0))  # (1,): checkpoints fingerprint no 0-d tensors
             self.rel_proj = nn.Linear(2 * (2 * REL_BANDS + 1), c.decoder_width)
             self.token_to_hidden = nn.Linear(c.width, c.decoder_width)
             layers = []
