@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from ..tokenizers.halting import HaltingConfig, HaltingTokenizer, halting_targets, reconstruction_error
 from ..tokenizers.nested_dropout import sample_keep_lengths
-from .ema import ema_update
 from .losses import pixel_loss
 from .tokenizer import LossConfig, OptimConfig, TokenizerModule
 
@@ -79,10 +78,6 @@ class HaltingModule(TokenizerModule):
         images = batch["image"]
         tok = self.tokenizer
         B, K = images.shape[0], tok.num_tokens
-        opts = self.optimizers()
-        opt = opts[0] if isinstance(opts, (list, tuple)) else opts
-        sched = self.lr_schedulers()
-        sched = sched[0] if isinstance(sched, (list, tuple)) else sched
         metric = self.tokenizer_config.error_metric
 
         # phase 1: what error does a random budget T achieve?
@@ -103,22 +98,14 @@ class HaltingModule(TokenizerModule):
         halt = bce / weights.sum().clamp(min=1.0)
         loss = rec + self.halt_weight * halt + sum(aux.values(), torch.zeros((), device=images.device))
 
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.optim_config.grad_clip:
-            self.clip_gradients(opt, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
-        sched.step()
-        self.generator_steps += 1
-        if self.ema_tokenizer is not None:
-            ema_update(self.ema_tokenizer, self.tokenizer, self.ema_decay, self.generator_steps)
+        lr = self.generator_step(loss)
 
         with torch.no_grad():
             scored = weights > 0
             acc = ((halt_logits > 0).float() == targets)[scored].float().mean() if scored.any() else torch.tensor(0.0)
         logs = {"train/rec": rec.detach(), "train/halt_bce": halt.detach(), "train/halt_acc": acc,
                 "train/eps0": achieved.mean(), "train/loss": loss.detach(),
-                "train/lr": torch.tensor(sched.get_last_lr()[0]),
+                "train/lr": torch.tensor(lr),
                 **{f"train/{k}": v.detach() for k, v in aux.items()}}
         self.log_dict(logs, prog_bar=False)
         self.log("loss", loss.detach(), prog_bar=True, logger=False)

@@ -168,10 +168,6 @@ class TokenizerModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
         images = batch["image"]
-        opts = self.optimizers()
-        opt_g = opts[0] if isinstance(opts, (list, tuple)) else opts
-        sched = self.lr_schedulers()
-        sched = sched[0] if isinstance(sched, (list, tuple)) else sched
         lc = self.loss_config
 
         K = self.tokenizer.num_tokens
@@ -203,18 +199,10 @@ class TokenizerModule(L.LightningModule):
             loss = loss + lc.gan_weight * weight * g_loss
             logs.update({"train/g_loss": g_loss.detach(), "train/gan_adaptive_weight": weight})
 
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.optim_config.grad_clip:
-            self.clip_gradients(opt_g, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
-        opt_g.step()
-        sched.step()
-        self.generator_steps += 1
-        if self.ema_tokenizer is not None:
-            ema_update(self.ema_tokenizer, self.tokenizer, self.ema_decay, self.generator_steps)
+        lr = self.generator_step(loss)
 
         if gan_on:
-            opt_d = opts[1]
+            opt_d = self.optimizers()[1]
             d_loss = hinge_d_loss(self.discriminator(images), self.discriminator(recon.detach()))
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
@@ -222,7 +210,7 @@ class TokenizerModule(L.LightningModule):
             logs["train/d_loss"] = d_loss.detach()
 
         logs["train/loss"] = loss.detach()
-        logs["train/lr"] = torch.tensor(sched.get_last_lr()[0])
+        logs["train/lr"] = torch.tensor(lr)
         if codes.dtype == torch.long:
             for k, v in self.tokenizer.quantizer.stats(codes).items():
                 logs[f"train/{k}"] = torch.tensor(float(v))
