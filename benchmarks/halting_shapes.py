@@ -2,9 +2,12 @@
 
     tokgen fit --config configs/tokenizer/shapes_halting.yaml
     python benchmarks/halting_shapes.py --ckpt runs/shapes_halting/checkpoints/last.ckpt --num-images 1000 \\
-        --target-errors 0.06,0.08,0.1,0.12 --rho-eps 0.08
+        --target-errors 0.02,0.03,0.04,0.06 --calibrate 0.85
 
-Protocol: the shapes test split (seed offset 2_000_003, never trained on), the first ``--num-images`` images.
+Protocol: the test split of the recipe's shapes data (seed offset 2_000_003, never trained on), the first
+``--num-images`` images. With ``--calibrate MIN_MET`` the halting threshold is first chosen on the val split
+(``tokgen.metrics.adaptive.calibrate_threshold``: the smallest threshold meeting every eps on MIN_MET of those
+images), then the test split is scored with it.
 For each eps (``tokgen.metrics.adaptive.evaluate_adaptive``): one conditioned encoder pass, the halting
 lengths, one decoder pass for the achieved error (per-pixel L1 on [0, 1] images); the search baseline on the
 same codes (linear: exact smallest k meeting eps; binary: bisection) with its decoder passes per image.
@@ -24,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tokgen.metrics.adaptive import adaptive_markdown, evaluate_adaptive  # noqa: E402
+from tokgen.metrics.adaptive import adaptive_markdown, calibrate_threshold, evaluate_adaptive  # noqa: E402
 from tokgen.metrics.datasets import build_data  # noqa: E402
 from tokgen.tokenizers import HaltingTokenizer  # noqa: E402
 
@@ -33,9 +36,15 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="halting tokenizer checkpoint (tokgen.lit.HaltingModule)")
     p.add_argument("--num-images", type=int, default=1000)
-    p.add_argument("--target-errors", default="0.06,0.08,0.1,0.12")
+    p.add_argument("--target-errors", default="0.02,0.03,0.04,0.06")
     p.add_argument("--rho-eps", type=float, default=None, help="eps of the Spearman check (default: the median eps)")
-    p.add_argument("--halt-threshold", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--halt-threshold", type=float, default=None, help="default: the checkpoint's (or --calibrate's)")
+    p.add_argument("--calibrate", type=float, default=None, metavar="MIN_MET",
+                   help="choose the threshold on --calibrate-images images of the val split (never the scored split) "
+                        "as the smallest that meets every eps on MIN_MET of them (e.g. 0.85)")
+    p.add_argument("--calibrate-images", type=int, default=256)
+    p.add_argument("--data", default="configs/tokenizer/shapes_halting.yaml",
+                   help="'shapes' or a YAML recipe / datamodule (default: the halting recipe's data, plain background)")
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
@@ -48,7 +57,19 @@ def main(argv=None) -> dict:
     rho_eps = target_errors[len(target_errors) // 2] if args.rho_eps is None else args.rho_eps
     if rho_eps not in target_errors:
         target_errors = sorted(target_errors + [rho_eps])
-    data = build_data("shapes", split=args.split, image_size=tok.config.image_size, channels=tok.config.channels,
+    calibration = None
+    if args.calibrate is not None:
+        if args.split == "val":
+            raise ValueError("--calibrate uses the val split; score the test split (--split test)")
+        cal_data = build_data(args.data, split="val", image_size=tok.config.image_size, channels=tok.config.channels,
+                              num_images=args.calibrate_images)
+        calibration = calibrate_threshold(tok, cal_data, target_errors, min_met=args.calibrate,
+                                          batch_size=args.batch_size, progress=False)
+        if args.halt_threshold is None:
+            args.halt_threshold = calibration["threshold"]
+        print(f"calibrated threshold {calibration['threshold']} on {calibration['num_images']} val images "
+              f"(reached {args.calibrate:.0%}: {calibration['reached']})", file=sys.stderr)
+    data = build_data(args.data, split=args.split, image_size=tok.config.image_size, channels=tok.config.channels,
                       num_images=args.num_images)
     start = time.perf_counter()
     report = evaluate_adaptive(tok, data, target_errors, batch_size=args.batch_size, threshold=args.halt_threshold,
@@ -73,7 +94,8 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "halting_shapes", "checkpoint": os.path.abspath(args.ckpt), "split": args.split,
         "num_images": report["num_images"], "num_tokens": report["num_tokens"], "error_metric": report["error_metric"],
-        "trained_range": report["trained_range"], "halt_threshold": report["halt_threshold"],
+        "trained_range": report["trained_range"], "halt_threshold": report["halt_threshold"], "data": args.data,
+        "calibration": calibration,
         "eval_seconds": seconds, "threads": args.threads, "checks": checks,
         "results": [{k: v for k, v in r.items()} for r in report["results"]],
     }

@@ -180,6 +180,33 @@ def test_training_steps_reduce_the_flow_loss():
     assert after < 0.8 * before, (before, after)
 
 
+def test_endpoint_examples_are_a_regression_from_the_tokens():
+    """At t = 1 the noised input is pure noise, so the flow loss of an endpoint example is the squared error of
+    x_hat = noise - v against x: with endpoint_prob ~ 1 every example is one, checked against that formula."""
+    torch.manual_seed(0)
+    tok = FlowTokenizer(flow_config()).eval()
+    with torch.no_grad():  # a non-zero output layer, so v depends on the input
+        for p in tok.flow.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    x = shapes_images(4)
+    z_q = tok.quantize(tok.encode_latents(x))[0]
+    with torch.no_grad():
+        got = tok.flow.loss(x, z_q, endpoint_prob=0.999999, generator=torch.Generator().manual_seed(3))["flow"]
+        g = torch.Generator().manual_seed(3)
+        torch.randn(4, generator=g)  # the logit-normal draw (overridden)
+        assert (torch.rand(4, generator=g) < 0.999999).all()
+        noise = torch.randn(*x.shape, generator=g)
+        v = tok.flow(noise, torch.ones(4), tok.flow.embed_tokens(z_q, None))[0]
+        want = torch.nn.functional.mse_loss(noise - v, x)
+        torch.testing.assert_close(got, want)
+        # without endpoint examples the same seed gives middle times: a different loss
+        plain = tok.flow.loss(x, z_q, generator=torch.Generator().manual_seed(3))["flow"]
+    assert not torch.isclose(plain, got)
+    with pytest.raises(ValueError, match="endpoint_prob=1.5"):
+        FlowModule(flow_config(), endpoint_prob=1.5)
+
+
 def test_repa_alignment_and_head():
     feats = torch.randn(2, 16, 6)
     assert repa_alignment(feats, feats.mean(1)).item() == pytest.approx(0.0, abs=1e-5)  # global features (B, D)

@@ -251,3 +251,75 @@ def test_token_mixing_reaches_the_halting_encoder():
     latents, logits = tok.encode_hidden(images(4), tok.condition_index(0.1, 4))
     (latents.square().mean() + logits.mean()).backward()
     assert tok.enc_mix is not None and tok.enc_mix.grad is not None and tok.enc_mix.grad.abs().sum() > 0
+
+
+def test_eps_condition_interpolates_between_bin_embeddings():
+    """eps on a log scale: eps_min -> bin 1, eps_max -> bin eps_bins, the geometric mid-point half way; the
+    condition token is the linear interpolation of the two neighbouring rows (row 0 = unconditioned)."""
+    tok = HaltingTokenizer(halting_config(eps_bins=8))
+    mid = math.sqrt(0.03 * 0.3)
+    coords = tok.condition_index(torch.tensor([0.03, mid, 0.3]), 3)
+    torch.testing.assert_close(coords, torch.tensor([1.0, 4.5, 8.0]))
+    E = tok.eps_embed.weight
+    emb = tok.condition_embedding(torch.tensor([0.0, 1.0, 4.5, 8.0]))
+    torch.testing.assert_close(emb, torch.stack([E[0], E[1], 0.5 * (E[4] + E[5]), E[8]]))
+    # every eps in the range moves the condition continuously: nearby eps give nearby tokens
+    a, b = tok.condition_embedding(tok.condition_index(torch.tensor([0.1, 0.101]), 2))
+    assert 0 < (a - b).norm() < 0.05 * E[1:].norm(dim=1).mean()
+    with pytest.raises(ValueError, match="eps_bins=1"):
+        halting_config(eps_bins=1)
+
+
+class _ImageList(torch.utils.data.Dataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "index": i}
+
+
+def test_calibrate_threshold_is_the_smallest_meeting_min_met():
+    """calibrate_threshold decodes every prefix once per eps on a calibration split; the threshold it returns
+    meets eps on >= min_met of those images when scored by evaluate_adaptive, and the grid value below it does
+    not. Stand-in decoder (random weights give errors that do not fall with k): image i decoded from k tokens is
+    the image plus a uniform L1 error base_i / k on [0, 1]."""
+    from tokgen.metrics.adaptive import calibrate_threshold, evaluate_adaptive
+    from tokgen.metrics.datasets import EvalData
+
+    torch.manual_seed(0)
+    tok = spread_halting(HaltingTokenizer(halting_config()))
+    x = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.2 - 0.1
+    base = torch.linspace(0.05, 0.6, 24)
+    data = EvalData(_ImageList(x), 16, 3, None, {"test": "calibration"})
+
+    def decode_latents(z_q, keep):  # batches arrive whole and in order (batch_size 8, no search)
+        rows = torch.arange(z_q.shape[0]) + decode_latents.offset
+        return x[rows] + 2 * (base[rows] / keep)[:, None, None, None]
+
+    encode_hidden = tok.encode_hidden
+
+    def tracking_encode(images, condition=None):  # the decoder learns which images the batch holds
+        decode_latents.offset = int(((x - images[:1]).flatten(1).abs().sum(1) == 0).nonzero()[0])
+        return encode_hidden(images, condition)
+
+    tok.encode_hidden, tok.decode_latents = tracking_encode, decode_latents
+    eps = [0.05, 0.1]
+    grid = [0.1, 0.3, 0.5, 0.7, 0.9, 0.99]
+    mets = [min(r["fraction_met"] for r in evaluate_adaptive(
+        tok, data, eps, batch_size=8, threshold=g, search=False, progress=False)["results"]) for g in grid]
+    assert mets[-1] > mets[0], "the stand-in must respond to the threshold for this test to bite"
+    min_met = (mets[0] + mets[-1]) / 2
+    cal = calibrate_threshold(tok, data, eps, min_met=min_met, batch_size=8, grid=grid, progress=False)
+    assert cal["reached"] and cal["num_images"] == 24
+    j = grid.index(cal["threshold"])
+    assert j > 0 and mets[j] >= min_met and all(m < min_met for m in mets[:j])
+    for k, thr in enumerate(grid):  # the lookup table agrees with scoring
+        got = evaluate_adaptive(tok, data, eps, batch_size=8, threshold=thr, search=False, progress=False)
+        for r in got["results"]:
+            assert abs(cal["per_eps"][r["eps"]]["fraction_met"][k] - r["fraction_met"]) < 1e-6
+            assert abs(cal["per_eps"][r["eps"]]["mean_tokens"][k] - r["mean_tokens"]) < 1e-5
+    with pytest.raises(ValueError, match="min_met"):
+        calibrate_threshold(tok, data, eps, min_met=1.5)

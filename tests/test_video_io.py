@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tokgen.data.video import MovingShapesDataset, VideoDataModule, VideoFolderDataset
 from tokgen.video.io import read_clip, read_video, to_uint8_frames, write_video
@@ -97,3 +98,21 @@ def test_video_tokenize_command_bad_video_exits_with_message(tmp_path):
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(SystemExit, match="unreadable"):
         main(["video-tokenize", str(bad)])
+
+
+def test_video_datamodule_caches_rendered_clips_without_changing_them():
+    """Moving-shapes clips are rendered once and kept (cache_mb); the cached items equal fresh renders, a
+    zero budget renders every time, and a bad budget is one clear error."""
+    dm = VideoDataModule(num_frames=4, image_size=32, train_size=6, val_size=2, trajectories=False, cache_mb=1)
+    dm.setup()
+    first = [dm.train_set[i]["video"] for i in range(6)]
+    fresh = MovingShapesDataset(6, num_frames=4, image_size=32, seed=0)
+    assert all(torch.equal(first[i], fresh[i]["video"]) for i in range(6))
+    clip_mb = sum(v.numel() * v.element_size() for v in fresh[0].values()) / 2**20
+    assert len(dm.train_set._cache) == min(6, int(1 / clip_mb))  # the budget bounds what is held
+    assert dm.train_set[0]["video"] is first[0]  # served from memory
+    nocache = VideoDataModule(num_frames=4, image_size=32, train_size=6, val_size=2, trajectories=False, cache_mb=0)
+    nocache.setup()
+    assert isinstance(nocache.train_set, MovingShapesDataset)
+    with pytest.raises(ValueError, match="cache_mb=-1"):
+        VideoDataModule(cache_mb=-1)

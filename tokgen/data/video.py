@@ -252,6 +252,31 @@ class VideoFolderDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------- trajectories
+class CachedDataset(Dataset):
+    """Keeps the items of a deterministic dataset (rendered moving-shapes clips) in memory once built, up to
+    ``cache_mb`` megabytes of tensors; items beyond that are rebuilt on every access. The items are exactly those
+    of ``base``: rendering a 64x64 clip costs more than a tiny tokenizer's training step on it."""
+
+    def __init__(self, base: Dataset, cache_mb: float) -> None:
+        self.base = base
+        self.budget = float(cache_mb) * 2**20
+        self.held = 0.0
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self._cache.get(index)
+        if item is None:
+            item = self.base[index]
+            size = sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor))
+            if self.held + size <= self.budget:
+                self._cache[index] = item
+                self.held += size
+        return dict(item)
+
+
 class TrajectoryDataset(Dataset):
     """Adds ``"traj_ids"`` (T, H, W) int64 and ``"num_trajectories"`` to every clip of ``base``.
 
@@ -301,6 +326,8 @@ class VideoDataModule(L.LightningDataModule):
         trajectory_source: "extracted" (classical pipeline) or "ground_truth" (moving-shapes tracks, as an
             example of externally computed masks).
         extraction: :class:`tokgen.video.ExtractionConfig` fields.
+        cache_mb: rendered moving-shapes clips are kept in memory up to this many megabytes per split
+            (0 = render on every access); the clips are deterministic, so caching changes only the speed.
     """
 
     def __init__(
@@ -323,9 +350,13 @@ class VideoDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        cache_mb: float = 1024,
     ) -> None:
         super().__init__()
         self.dataset = check_choice("dataset", dataset, ("moving_shapes", "folder"))
+        if not isinstance(cache_mb, (int, float)) or isinstance(cache_mb, bool) or cache_mb < 0:
+            raise ValueError(f"cache_mb={cache_mb!r} must be a number >= 0 (megabytes of clips kept in memory)")
+        self.cache_mb = cache_mb
         if dataset == "folder" and not root:
             raise ValueError("dataset='folder' needs root=<folder of videos>")
         self.root, self.val_root = root, val_root or root
@@ -352,6 +383,8 @@ class VideoDataModule(L.LightningDataModule):
             base = MovingShapesDataset(size, self.num_frames, self.image_size, self.min_shapes, self.max_shapes,
                                        seed=self.seed + (0 if split == "train" else 1_000_003),
                                        texture_contrast=self.texture_contrast)
+            if self.cache_mb > 0:
+                base = CachedDataset(base, self.cache_mb)
         else:
             base = VideoFolderDataset(self.root if split == "train" else self.val_root, self.num_frames,
                                       self.stride, self.image_size)

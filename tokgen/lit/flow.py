@@ -54,6 +54,7 @@ class FlowModule(TokenizerModule):
         token_drop_prob: float = 0.1,
         time_mean: float = 0.0,
         time_std: float = 1.0,
+        endpoint_prob: float = 0.0,
         repa_weight: float = 0.0,
         repa_features: str | None = None,
         val_steps: int = 8,
@@ -65,6 +66,8 @@ class FlowModule(TokenizerModule):
             tokenizer: a FlowTokenizerConfig (Tokenizer1D's settings + space, VAE, sampling defaults, REPA head).
             token_drop_prob: probability that an example's tokens are all replaced by the mask token (token CFG).
             time_mean, time_std: logit-normal time sampling, t = sigmoid(time_mean + time_std * N(0, 1)).
+            endpoint_prob: fraction of examples at t = 1 (pure noise: a direct regression of the image from the
+                tokens, which keeps the encoder's tokens informative; see tokgen.tokenizers.flow_decoder).
             repa_weight: weight of the REPA alignment loss (0 = off); needs repa_features and tokenizer.repa_depth > 0.
             repa_features: TorchScript feature network (images in [0, 1] -> features) for REPA.
             val_steps, val_cfg, val_seed: how validation samples its reconstructions.
@@ -77,6 +80,8 @@ class FlowModule(TokenizerModule):
             raise ValueError(f"token_drop_prob={token_drop_prob} must be in [0, 1)")
         if time_std <= 0:
             raise ValueError(f"time_std={time_std} must be > 0")
+        if not 0.0 <= endpoint_prob < 1.0:
+            raise ValueError(f"endpoint_prob={endpoint_prob} must be in [0, 1)")
         if repa_weight < 0:
             raise ValueError(f"repa_weight={repa_weight} must be >= 0")
         if repa_weight > 0 and (not repa_features or tokenizer.repa_depth == 0):
@@ -88,6 +93,7 @@ class FlowModule(TokenizerModule):
                          grid_images=grid_images)
         SamplingOptions(steps=val_steps, cfg=val_cfg, seed=val_seed)  # validates the validation sampling
         self.token_drop_prob, self.time_mean, self.time_std = token_drop_prob, time_mean, time_std
+        self.endpoint_prob = endpoint_prob
         self.repa_weight, self.repa_features = repa_weight, repa_features
         self.val_steps, self.val_cfg, self.val_seed = val_steps, val_cfg, val_seed
         self._repa_net: list = []  # kept out of the state dict (frozen)
@@ -120,7 +126,7 @@ class FlowModule(TokenizerModule):
             x, z_q = torch.cat([x, x]), torch.cat([z_q, z_q])
             target = None if target is None else torch.cat([target, target])
         losses = tok.flow.loss(x, z_q, keep, drop_prob=self.token_drop_prob, time_mean=self.time_mean,
-                               time_std=self.time_std, repa_target=target)
+                               time_std=self.time_std, endpoint_prob=self.endpoint_prob, repa_target=target)
         loss = losses["flow"] + sum(aux.values(), torch.zeros((), device=images.device))
         if "repa" in losses:
             loss = loss + self.repa_weight * losses["repa"]
@@ -154,5 +160,5 @@ class FlowModule(TokenizerModule):
         meta["kind"] = "flow_tokenizer"
         meta.pop("loss_config", None)  # the flow's losses are below
         meta["flow"] = {"token_drop_prob": self.token_drop_prob, "time_mean": self.time_mean,
-                        "time_std": self.time_std, "repa_weight": self.repa_weight,
+                        "time_std": self.time_std, "endpoint_prob": self.endpoint_prob, "repa_weight": self.repa_weight,
                         "repa_features": self.repa_features, "nested_dropout": self.nested_dropout}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from ..tokenizers.halting import HaltingTokenizer, reconstruction_error, search_min_tokens
+from ..tokenizers.halting import HaltingTokenizer, lengths_from_halting, reconstruction_error, search_min_tokens
 from .datasets import EvalData
 
 
@@ -106,6 +106,60 @@ def evaluate_adaptive(
         "results": results,
         "_columns": columns,  # per-image tensors for callers (dropped by write_adaptive_report)
     }
+
+
+@torch.no_grad()
+def calibrate_threshold(
+    tokenizer: HaltingTokenizer,
+    data: EvalData,
+    target_errors: list[float],
+    min_met: float = 0.85,
+    batch_size: int = 100,
+    grid: list[float] | None = None,
+    progress: bool = True,
+) -> dict:
+    """The smallest halting threshold whose lengths meet every eps on ``min_met`` of the images of ``data``.
+
+    A held-out calibration split (not the one that is then scored): for each eps every batch is encoded once
+    (conditioned on eps) and every prefix 1..K is decoded once to know which lengths meet eps; the lengths
+    any threshold of ``grid`` gives are then a lookup. A higher threshold halts later (more tokens, more
+    images meeting eps), so the smallest one that reaches ``min_met`` at every eps spends the fewest tokens.
+    Returns {"threshold", "min_met", "grid", "per_eps": {eps: {"fraction_met": [...], "mean_tokens": [...]}}};
+    when no threshold of the grid reaches ``min_met`` the largest is returned with "reached": False.
+    """
+    if not 0.0 < min_met <= 1.0:
+        raise ValueError(f"min_met={min_met!r} must be in (0, 1]")
+    grid = sorted(grid or [round(0.05 * i, 2) for i in range(1, 20)] + [0.97, 0.99])
+    bad = [g for g in grid if not 0.0 < g < 1.0]
+    if bad:
+        raise ValueError(f"calibration thresholds {bad} are outside (0, 1)")
+    for eps in target_errors:
+        tokenizer.condition_index(float(eps), 1)
+    metric, K = tokenizer.config.error_metric, tokenizer.num_tokens
+    device = next(tokenizer.parameters()).device
+    stats = {float(e): {"met": torch.zeros(len(grid)), "tokens": torch.zeros(len(grid))} for e in target_errors}
+    n = 0
+    for batch in tqdm(data.loader(batch_size, 0), desc="calibrate halting", unit="batch", disable=not progress):
+        x = batch["image"].to(device)
+        B = x.shape[0]
+        n += B
+        for eps, acc in stats.items():
+            latents, halt_logits = tokenizer.encode_hidden(x, tokenizer.condition_index(eps, B))
+            z_q = tokenizer.quantize(latents)[0]
+            meets = torch.stack([  # (B, K): prefix k+1 meets eps
+                reconstruction_error(tokenizer.decode_latents(z_q, keep=torch.full((B,), k, device=device)), x, metric)
+                <= eps for k in range(1, K + 1)], dim=1).cpu()
+            for j, thr in enumerate(grid):
+                lengths = lengths_from_halting(halt_logits.cpu(), thr)  # (B,) in 1..K
+                acc["met"][j] += meets.gather(1, (lengths - 1)[:, None]).float().sum()
+                acc["tokens"][j] += lengths.float().sum()
+    per_eps = {eps: {"fraction_met": (a["met"] / n).tolist(), "mean_tokens": (a["tokens"] / n).tolist()}
+               for eps, a in stats.items()}
+    ok = torch.stack([a["met"] / n >= min_met for a in stats.values()]).all(0)  # (len(grid),)
+    reached = bool(ok.any())
+    index = int(ok.nonzero()[0]) if reached else len(grid) - 1
+    return {"threshold": grid[index], "reached": reached, "min_met": min_met, "num_images": n,
+            "grid": grid, "per_eps": per_eps}
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

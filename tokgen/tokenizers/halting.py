@@ -1,8 +1,12 @@
 """Halting: one encoder pass decides how many tokens each image needs to meet a target error (KARL style).
 
-Quality conditioning. A target error ``eps`` (per-pixel L1 on [0, 1] images by default, or MSE) is binned on a
-log scale between ``eps_min`` and ``eps_max`` (``eps_bins`` bins) and looked up in a learned embedding; the
-embedding is one extra encoder input token, ``[patches | eps | registers]``. Bin 0 is "unconditioned": plain
+Quality conditioning. A target error ``eps`` (per-pixel L1 on [0, 1] images by default, or MSE) is placed on a
+log scale between ``eps_min`` and ``eps_max`` with ``eps_bins`` learned embeddings at evenly spaced bin centres
+(the first at eps_min, the last at eps_max); the condition is the linear interpolation of the two neighbouring
+bin embeddings, so every eps in the range has a trained condition even where few training errors fell (hard
+bins left the bins that training rarely reached at their random init, and lengths at those eps were
+arbitrary). The embedding is one extra encoder input token, ``[patches | eps | registers]``. Row 0 is
+"unconditioned": plain
 ``encode(images)`` uses it, so a halting tokenizer still works as an any-prefix tokenizer. With causal
 registers, register i attends to every patch, to the eps token and to registers <= i; patches attend only to
 patches.
@@ -48,7 +52,7 @@ class HaltingConfig(TokenizerConfig):
     error_metric: str = "l1"  # per-pixel error on [0, 1] images: "l1" (mean |x - y|) or "l2" (mean squared)
     eps_min: float = 0.02  # trained range of target errors; eps0 outside it is clamped in training
     eps_max: float = 0.3
-    eps_bins: int = 32  # log-spaced bins over [eps_min, eps_max]
+    eps_bins: int = 32  # log-spaced bin centres over [eps_min, eps_max] (>= 2), interpolated between
     halt_threshold: float = 0.5  # a position halts when its halting probability exceeds this
 
     def __post_init__(self):
@@ -58,8 +62,8 @@ class HaltingConfig(TokenizerConfig):
         if not (isinstance(self.eps_min, (int, float)) and isinstance(self.eps_max, (int, float))
                 and 0 < self.eps_min < self.eps_max):
             raise ValueError(f"need 0 < eps_min < eps_max, got eps_min={self.eps_min!r}, eps_max={self.eps_max!r}")
-        if not isinstance(self.eps_bins, int) or self.eps_bins < 1:
-            raise ValueError(f"eps_bins={self.eps_bins!r} must be a positive integer")
+        if not isinstance(self.eps_bins, int) or self.eps_bins < 2:
+            raise ValueError(f"eps_bins={self.eps_bins!r} must be an integer >= 2 (bin centres at eps_min and eps_max)")
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold={self.halt_threshold!r} must be in (0, 1)")
 
@@ -131,7 +135,8 @@ class HaltingTokenizer(Tokenizer1D):
 
     # ------------------------------------------------------------------ target error -> condition index
     def condition_index(self, target_error, batch_size: int, clamp: bool = False) -> torch.Tensor:
-        """A target error (float or (B,) tensor) -> condition indices (B,) in 1..eps_bins.
+        """A target error (float or (B,) tensor) -> condition coordinates (B,) float in [1, eps_bins]
+        (eps_min -> 1, eps_max -> eps_bins, log-linear between; 0 means unconditioned).
 
         Outside [eps_min, eps_max] this raises, naming the value and the range, unless ``clamp``."""
         c = self.config
@@ -155,25 +160,34 @@ class HaltingTokenizer(Tokenizer1D):
         return self._bin(eps)
 
     def _bin(self, eps: torch.Tensor) -> torch.Tensor:
-        """eps (B,) -> log-spaced bin index + 1 (clamped to the trained range)."""
+        """eps (B,) -> log-scale bin coordinate in [1, eps_bins] (float32, clamped to the trained range)."""
         c = self.config
         pos = (torch.log(eps.double().clamp(c.eps_min, c.eps_max)) - math.log(c.eps_min)) / math.log(c.eps_max / c.eps_min)
-        return (pos * c.eps_bins).floor().long().clamp(0, c.eps_bins - 1) + 1
+        return (1 + pos.clamp(0, 1) * (c.eps_bins - 1)).float()
+
+    def condition_embedding(self, condition: torch.Tensor) -> torch.Tensor:
+        """Condition coordinates (B,) (0 = unconditioned, else in [1, eps_bins]) -> (B, W): the linear
+        interpolation of the two neighbouring rows of the embedding table."""
+        condition = condition.float()
+        lo = condition.floor().long().clamp(0, self.config.eps_bins)
+        hi = (lo + 1).clamp(max=self.config.eps_bins)
+        frac = (condition - lo.float()).clamp(0, 1)[:, None]
+        return (1 - frac) * self.eps_embed(lo) + frac * self.eps_embed(hi)
 
     def training_condition(self, achieved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Achieved errors eps0 (B,) -> (condition indices (B,), eps0 > eps_max, eps0 < eps_min)."""
+        """Achieved errors eps0 (B,) -> (condition coordinates (B,), eps0 > eps_max, eps0 < eps_min)."""
         c = self.config
         return self._bin(achieved.detach()), achieved > c.eps_max, achieved < c.eps_min
 
     # ------------------------------------------------------------------ encoder
     def encode_hidden(self, images: torch.Tensor, condition: torch.Tensor | None = None):
-        """images (B, C, H, W) in [-1, 1], condition (B,) indices (None = unconditioned)
+        """images (B, C, H, W) in [-1, 1], condition (B,) coordinates (None or 0 = unconditioned)
         -> (register latents (B, K, token_dim), halting logits (B, K))."""
         self.check_images(images)
         patches, registers = self.encoder_tokens(images)  # (B, N, W), (B, K, W): token-mixed when enabled
         if condition is None:
-            condition = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
-        eps_token = self.eps_embed(condition)[:, None]  # (B, 1, W)
+            condition = torch.zeros(images.shape[0], device=images.device)
+        eps_token = self.condition_embedding(condition)[:, None]  # (B, 1, W)
         x = self.encoder(torch.cat([patches, eps_token, registers], dim=1), self.enc_mask)
         hidden = x[:, -self.num_tokens:]  # (B, K, W)
         return self.to_token(hidden), self.halt_head(hidden).squeeze(-1)
