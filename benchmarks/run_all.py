@@ -46,6 +46,7 @@ BUDGET_S = 570  # the whole run: later scripts get at most what is left of it
 FROM_FILE = {
     "quality_fmnist": "trains q-fmnist-v1 for ~20 minutes",
     "halting_shapes": "needs a trained halting checkpoint (--ckpt)",
+    "video_equal_compute": "trains the space-time patch baselines at the trajectory recipe's FLOPs (~25 minutes)",
 }
 
 

@@ -207,6 +207,39 @@ def test_endpoint_examples_are_a_regression_from_the_tokens():
         FlowModule(flow_config(), endpoint_prob=1.5)
 
 
+def test_flow_decoder_on_a_frozen_encoder_from_a_direct_tokenizer(tmp_path):
+    """init_encoder copies a direct tokenizer's encoder + quantizer (same codes), freeze_encoder keeps them fixed
+    while the flow decoder trains; mismatched settings and a frozen random encoder are clear errors."""
+    torch.manual_seed(0)
+    direct = Tokenizer1D(TokenizerConfig.from_dict({k: v for k, v in TINY.items() if k != "sample_steps"}))
+    ckpt = tmp_path / "direct.ckpt"
+    torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in direct.state_dict().items()},
+                "tokgen": {"kind": "tokenizer1d", "tokenizer_config": direct.config.to_dict()}}, ckpt)
+    from tokgen.lit.tokenizer import OptimConfig
+
+    module = FlowModule(flow_config(), optim=OptimConfig(total_steps=10), init_encoder=str(ckpt), freeze_encoder=True,
+                        ema_decay=0.0)
+    x = shapes_images(4)
+    assert torch.equal(module.tokenizer.encode(x), direct.eval().encode(x))
+    frozen = {n: p.clone() for n, p in module.tokenizer.named_parameters() if not n.startswith("flow.")}
+    assert frozen and not any(p.requires_grad for n, p in module.tokenizer.named_parameters() if n in frozen)
+    flow_before = {n: p.clone() for n, p in module.tokenizer.flow.named_parameters()}
+    opt = module.configure_optimizers()[0][0]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in module.tokenizer.flow.parameters()}
+    for _ in range(2):
+        z_q = module.tokenizer.quantize(module.tokenizer.encode_registers(x))[0]
+        loss = module.tokenizer.flow.loss(x, z_q)["flow"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in module.tokenizer.named_parameters() if n in frozen)
+    assert any(not torch.equal(p, flow_before[n]) for n, p in module.tokenizer.flow.named_parameters())
+    with pytest.raises(ValueError, match="width: checkpoint 32 vs recipe 48"):
+        FlowModule(flow_config(width=48), init_encoder=str(ckpt))
+    with pytest.raises(ValueError, match="freeze_encoder=True needs init_encoder"):
+        FlowModule(flow_config(), freeze_encoder=True)
+
+
 def test_repa_alignment_and_head():
     feats = torch.randn(2, 16, 6)
     assert repa_alignment(feats, feats.mean(1)).item() == pytest.approx(0.0, abs=1e-5)  # global features (B, D)

@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from ..metrics import to_unit
-from ..tokenizers.flow import FlowTokenizer, FlowTokenizerConfig, SamplingOptions
+from ..tokenizers.flow import FlowTokenizer, FlowTokenizerConfig, SamplingOptions, load_encoder_from
 from ..tokenizers.nested_dropout import sample_keep_lengths
 from .tokenizer import OptimConfig, TokenizerModule
 
@@ -55,6 +55,8 @@ class FlowModule(TokenizerModule):
         time_mean: float = 0.0,
         time_std: float = 1.0,
         endpoint_prob: float = 0.0,
+        init_encoder: str | None = None,
+        freeze_encoder: bool = False,
         repa_weight: float = 0.0,
         repa_features: str | None = None,
         val_steps: int = 8,
@@ -68,6 +70,10 @@ class FlowModule(TokenizerModule):
             time_mean, time_std: logit-normal time sampling, t = sigmoid(time_mean + time_std * N(0, 1)).
             endpoint_prob: fraction of examples at t = 1 (pure noise: a direct regression of the image from the
                 tokens, which keeps the encoder's tokens informative; see tokgen.tokenizers.flow_decoder).
+            init_encoder: a direct tokenizer checkpoint whose encoder and quantizer start this one (pixel mode;
+                the encoder settings and quantizer must match).
+            freeze_encoder: keep the encoder and quantizer fixed (needs init_encoder): only the flow decoder
+                trains, on the tokens of an already trained encoder.
             repa_weight: weight of the REPA alignment loss (0 = off); needs repa_features and tokenizer.repa_depth > 0.
             repa_features: TorchScript feature network (images in [0, 1] -> features) for REPA.
             val_steps, val_cfg, val_seed: how validation samples its reconstructions.
@@ -82,6 +88,9 @@ class FlowModule(TokenizerModule):
             raise ValueError(f"time_std={time_std} must be > 0")
         if not 0.0 <= endpoint_prob < 1.0:
             raise ValueError(f"endpoint_prob={endpoint_prob} must be in [0, 1)")
+        if freeze_encoder and not init_encoder:
+            raise ValueError("freeze_encoder=True needs init_encoder (a trained direct tokenizer checkpoint): a frozen "
+                             "random encoder gives tokens that carry nothing")
         if repa_weight < 0:
             raise ValueError(f"repa_weight={repa_weight} must be >= 0")
         if repa_weight > 0 and (not repa_features or tokenizer.repa_depth == 0):
@@ -94,6 +103,16 @@ class FlowModule(TokenizerModule):
         SamplingOptions(steps=val_steps, cfg=val_cfg, seed=val_seed)  # validates the validation sampling
         self.token_drop_prob, self.time_mean, self.time_std = token_drop_prob, time_mean, time_std
         self.endpoint_prob = endpoint_prob
+        self.init_encoder, self.freeze_encoder = init_encoder, freeze_encoder
+        if init_encoder:
+            names = load_encoder_from(self.tokenizer, init_encoder)
+            if self.ema_tokenizer is not None:
+                self.ema_tokenizer.load_state_dict(self.tokenizer.state_dict())
+            if freeze_encoder:
+                params = dict(self.tokenizer.named_parameters())
+                for name in names:
+                    if name in params:
+                        params[name].requires_grad_(False)
         self.repa_weight, self.repa_features = repa_weight, repa_features
         self.val_steps, self.val_cfg, self.val_seed = val_steps, val_cfg, val_seed
         self._repa_net: list = []  # kept out of the state dict (frozen)
@@ -160,5 +179,6 @@ class FlowModule(TokenizerModule):
         meta["kind"] = "flow_tokenizer"
         meta.pop("loss_config", None)  # the flow's losses are below
         meta["flow"] = {"token_drop_prob": self.token_drop_prob, "time_mean": self.time_mean,
-                        "time_std": self.time_std, "endpoint_prob": self.endpoint_prob, "repa_weight": self.repa_weight,
+                        "time_std": self.time_std, "endpoint_prob": self.endpoint_prob,
+                        "init_encoder": self.init_encoder, "freeze_encoder": self.freeze_encoder, "repa_weight": self.repa_weight,
                         "repa_features": self.repa_features, "nested_dropout": self.nested_dropout}

@@ -134,6 +134,8 @@ class TokenizerModule(L.LightningModule):
         o = self.optim_config
         decay, no_decay = [], []
         for name, p in self.tokenizer.named_parameters():
+            if not p.requires_grad:  # frozen (e.g. an encoder taken from another checkpoint)
+                continue
             (no_decay if p.ndim < 2 or "pos" in name or "token" in name or "registers" in name else decay).append(p)
         opt_g = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

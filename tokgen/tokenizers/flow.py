@@ -155,6 +155,40 @@ def token_noise(z_q: torch.Tensor, keep: torch.Tensor | None, shape: tuple[int, 
     return torch.stack(rows)
 
 
+ENCODER_FIELDS = ("image_size", "channels", "patch_size", "width", "encoder_depth", "num_heads", "mlp_ratio",
+                  "num_tokens", "register_attention", "token_mixing", "pos_emb", "qk_norm")
+
+
+def load_encoder_from(flow_tok: "FlowTokenizer", path: str) -> list[str]:
+    """Copy the encoder and quantizer of a trained direct tokenizer (``Tokenizer1D`` checkpoint, EMA weights when
+    saved) into ``flow_tok``: every parameter and buffer outside ``flow.``. The encoder settings and the quantizer
+    must match; returns the names copied. Pixel mode only (a direct tokenizer reads pixels, not VAE latents)."""
+    from . import load_tokenizer
+
+    if flow_tok.config.space != "pixel":
+        raise ValueError(f"init_encoder needs space='pixel' (a direct tokenizer encodes pixels), got "
+                         f"space={flow_tok.config.space!r}")
+    source = load_tokenizer(path)
+    if isinstance(source, FlowTokenizer) or type(source) is not Tokenizer1D:
+        raise ValueError(f"init_encoder={path} is a {type(source).__name__} checkpoint; expected a direct tokenizer "
+                         f"(tokgen.lit.TokenizerModule, e.g. configs/tokenizer/fmnist_small.yaml)")
+    mismatched = {f: (getattr(source.config, f), getattr(flow_tok.config, f)) for f in ENCODER_FIELDS
+                  if getattr(source.config, f) != getattr(flow_tok.config, f)}
+    if source.config.quantizer != flow_tok.config.quantizer:
+        mismatched["quantizer"] = (source.config.quantizer, flow_tok.config.quantizer)
+    if mismatched:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs recipe {b!r}" for k, (a, b) in mismatched.items())
+        raise ValueError(f"init_encoder={path} does not match this flow tokenizer's encoder ({detail}); set the "
+                         f"recipe's tokenizer fields to the checkpoint's")
+    have = source.state_dict()
+    names = [n for n in flow_tok.state_dict() if not n.startswith("flow.")]
+    missing = [n for n in names if n not in have or have[n].shape != flow_tok.state_dict()[n].shape]
+    if missing:
+        raise ValueError(f"init_encoder={path} lacks (or has other shapes for) {missing[:5]}")
+    flow_tok.load_state_dict({n: have[n] for n in names}, strict=False)
+    return names
+
+
 class FlowTokenizer(Tokenizer1D):
     """Tokenizer1D's encoder and quantizer with a rectified-flow decoder, in pixel or AutoencoderKL latent space."""
 
