@@ -148,7 +148,8 @@ def test_search_baseline_hand_built():
         search_min_tokens(dec, z_q, target, 0.1, "ternary")
 
 
-def test_two_phase_training_steps_and_checkpoint(tmp_path):
+@pytest.mark.parametrize("head_hidden", [0, 16])
+def test_two_phase_training_steps_and_checkpoint(tmp_path, head_hidden):
     """A few two-phase steps run end to end (losses finite, weights move, halting head trained) and the checkpoint
     reloads as a HaltingTokenizer without YAML. (Learning monotone lengths needs minutes of training: see
     benchmarks/halting_shapes.py.)"""
@@ -158,7 +159,8 @@ def test_two_phase_training_steps_and_checkpoint(tmp_path):
     from tokgen.lit import HaltingModule, OptimConfig
 
     L.seed_everything(0)
-    module = HaltingModule(halting_config(), optim=OptimConfig(lr=1e-3, warmup_steps=2), ema_decay=0.9,
+    module = HaltingModule(halting_config(halt_head_hidden=head_hidden), optim=OptimConfig(lr=1e-3, warmup_steps=2),
+                           ema_decay=0.9,
                            val_target_errors=[0.05, 0.2])
     before = {k: v.clone() for k, v in module.tokenizer.state_dict().items()}
     shapes = ShapesDataset(32, image_size=16, seed=0)
@@ -172,12 +174,14 @@ def test_two_phase_training_steps_and_checkpoint(tmp_path):
     for name in ("train/rec", "train/halt_bce", "val/length_eps0.05", "val/met_eps0.2"):
         assert name in logged and torch.isfinite(logged[name]), name
     after = module.tokenizer.state_dict()
-    for name in ("halt_head.weight", "eps_embed.weight", "encoder.blocks.0.attn.qkv.weight", "to_pixels.weight"):
+    moved = ["halt_head.weight", "eps_embed.weight", "encoder.blocks.0.attn.qkv.weight", "to_pixels.weight"]
+    for name in moved + (["halt_mlp.1.weight"] if head_hidden else []):
         assert not torch.equal(before[name], after[name]), name
     path = str(tmp_path / "halting.ckpt")
     trainer.save_checkpoint(path)
     tok = load_tokenizer(path)
     assert isinstance(tok, HaltingTokenizer) and tok.config.eps_bins == 8
+    assert tok.config.halt_head_hidden == head_hidden and (tok.halt_mlp is None) == (head_hidden == 0)
     torch.testing.assert_close(tok.halt_head.weight, module.ema_tokenizer.halt_head.weight)  # EMA weights by default
     x = torch.stack([shapes[i]["image"] for i in range(4)])
     assert tok.encode(x, target_error=0.1)[1].shape == (4,)
@@ -194,6 +198,7 @@ def save_halting(path, tok):
 
 
 def test_eval_adaptive_and_tokenize_target_error(tmp_path, tiny_config):
+    torch.manual_seed(0)  # independent of the tests before it
     tok = spread_halting(HaltingTokenizer(halting_config()))
     ckpt = save_halting(tmp_path / "halting.ckpt", tok)
     assert isinstance(load_tokenizer(ckpt), HaltingTokenizer)

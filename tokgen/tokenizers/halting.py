@@ -11,7 +11,8 @@ arbitrary). The embedding is one extra encoder input token, ``[patches | eps | r
 registers, register i attends to every patch, to the eps token and to registers <= i; patches attend only to
 patches.
 
-Halting head. One logit per register, read from the register's last hidden state: ``p_i = sigmoid(h_i)`` is
+Halting head. One logit per register, read from the register's last hidden state (``halt_head_hidden > 0``: by
+an MLP that also reads the eps embedding directly, so eps need not be routed through attention to every register): ``p_i = sigmoid(h_i)`` is
 the probability that tokens ``0..i-1`` already meet the target, i.e. that the sequence may end before token i.
 The length is the first position ``i >= 1`` with ``p_i > halt_threshold`` (K when none), so the kept set is
 always a prefix ``0..L-1`` with ``1 <= L <= K``: valid for nested decoding and for the generator.
@@ -54,6 +55,8 @@ class HaltingConfig(TokenizerConfig):
     eps_max: float = 0.3
     eps_bins: int = 32  # log-spaced bin centres over [eps_min, eps_max] (>= 2), interpolated between
     halt_threshold: float = 0.5  # a position halts when its halting probability exceeds this
+    halt_head_hidden: int = 0  # 0: a linear head on each register's state; > 0: an MLP of this width on the
+    #                            register's state next to the eps embedding (the head reads eps directly)
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,6 +69,8 @@ class HaltingConfig(TokenizerConfig):
             raise ValueError(f"eps_bins={self.eps_bins!r} must be an integer >= 2 (bin centres at eps_min and eps_max)")
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold={self.halt_threshold!r} must be in (0, 1)")
+        if not isinstance(self.halt_head_hidden, int) or self.halt_head_hidden < 0:
+            raise ValueError(f"halt_head_hidden={self.halt_head_hidden!r} must be an integer >= 0 (0 = linear head)")
 
 
 def reconstruction_error(recon: torch.Tensor, images: torch.Tensor, metric: str = "l1") -> torch.Tensor:
@@ -125,7 +130,13 @@ class HaltingTokenizer(Tokenizer1D):
         super().__init__(config)
         c = config
         self.eps_embed = nn.Embedding(c.eps_bins + 1, c.width)  # row 0: unconditioned
-        self.halt_head = nn.Linear(c.width, 1)
+        if c.halt_head_hidden:  # MLP on [register state | eps embedding]
+            self.halt_mlp = nn.Sequential(nn.LayerNorm(2 * c.width), nn.Linear(2 * c.width, c.halt_head_hidden),
+                                          nn.GELU())
+            self.halt_head = nn.Linear(c.halt_head_hidden, 1)
+        else:
+            self.halt_mlp = None
+            self.halt_head = nn.Linear(c.width, 1)
         nn.init.normal_(self.eps_embed.weight, std=0.02)
         nn.init.trunc_normal_(self.halt_head.weight, std=0.02)
         nn.init.zeros_(self.halt_head.bias)
@@ -190,7 +201,11 @@ class HaltingTokenizer(Tokenizer1D):
         eps_token = self.condition_embedding(condition)[:, None]  # (B, 1, W)
         x = self.encoder(torch.cat([patches, eps_token, registers], dim=1), self.enc_mask)
         hidden = x[:, -self.num_tokens:]  # (B, K, W)
-        return self.to_token(hidden), self.halt_head(hidden).squeeze(-1)
+        if self.halt_mlp is not None:
+            head_in = self.halt_mlp(torch.cat([hidden, eps_token.expand_as(hidden)], dim=-1))
+        else:
+            head_in = hidden
+        return self.to_token(hidden), self.halt_head(head_in).squeeze(-1)
 
     def encode_latents(self, images: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode_hidden(images, condition)[0]
