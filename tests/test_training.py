@@ -157,3 +157,14 @@ def test_corrupt_checkpoint_is_named(tmp_path):
         Tokenizer1D.from_checkpoint(str(bad))
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         Tokenizer1D.from_checkpoint(str(tmp_path / "missing.ckpt"))
+
+
+def test_training_that_stops_between_saves_keeps_its_last_step(tmp_path):
+    """max_steps (or a max_time limit) that falls between two scheduled saves: last.ckpt and a step file still
+    hold the final optimizer step, not the last scheduled one."""
+    recipe = write_recipe(tmp_path, **{"trainer.max_steps": 13, "trainer.val_check_interval": 13})
+    lightning_main(["fit", "--config", recipe])
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step=0000010.ckpt", "step=0000013.ckpt"]
+    for name in ("last.ckpt", "step=0000013.ckpt"):
+        assert torch.load(ckpts / name, map_location="cpu", weights_only=False)["global_step"] == 13

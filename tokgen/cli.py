@@ -18,12 +18,28 @@ from lightning.pytorch.cli import LightningCLI
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also writes the final state when training ends between two scheduled saves (a
+    ``max_time`` limit, or ``max_steps`` that is not a multiple of ``every_n_train_steps``): ``last.ckpt`` and the
+    step file then always hold the last optimizer step, so no trained step is lost."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        step = trainer.global_step
+        if step == 0 or step == self._last_global_step_saved or self.dirpath is None:
+            return
+        trainer.save_checkpoint(os.path.join(self.dirpath, f"step={step:07d}.ckpt"))
+        if self.save_last:
+            trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
+        self._last_global_step_saved = step
+
+
 class TokgenCLI(LightningCLI):
     """LightningCLI with a checkpoint callback whose folder is fixed under default_root_dir, so
     ``--ckpt_path last`` always finds ``last.ckpt`` of the previous (killed) run."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.filename": "step={step:07d}",
