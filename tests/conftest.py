@@ -12,13 +12,14 @@ CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.
                  "--trainer.precision=32-true", "--trainer.num_nodes=1"]
 
 
-def build_on_meta(recipe, tmp_path):
-    """Parse a recipe through the CLI with CPU trainer overrides and build its model on the meta device."""
+def build_on_meta(recipe, tmp_path, extra=()):
+    """Parse a recipe through the CLI with CPU trainer overrides (+ ``extra`` arguments) and build its model on the
+    meta device."""
     from tokgen.cli import lightning_main
 
     with torch.device("meta"):
         return lightning_main(["--config", os.path.join(ROOT, recipe), *CPU_OVERRIDES,
-                               f"--trainer.default_root_dir={tmp_path}"], run=False)
+                               f"--trainer.default_root_dir={tmp_path}", *extra], run=False)
 
 
 @pytest.fixture
