@@ -21,7 +21,8 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 class StepCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also writes the final state when training ends between two scheduled saves (a
     ``max_time`` limit, or ``max_steps`` that is not a multiple of ``every_n_train_steps``): ``last.ckpt`` and the
-    step file then always hold the last optimizer step, so no trained step is lost."""
+    step file then always hold the last optimizer step, so no trained step is lost. (Reads ModelCheckpoint's
+    ``_last_global_step_saved``, private in Lightning 2.x, to avoid writing the same step twice.)"""
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)

@@ -180,5 +180,6 @@ class FlowModule(TokenizerModule):
         meta.pop("loss_config", None)  # the flow's losses are below
         meta["flow"] = {"token_drop_prob": self.token_drop_prob, "time_mean": self.time_mean,
                         "time_std": self.time_std, "endpoint_prob": self.endpoint_prob,
-                        "init_encoder": self.init_encoder, "freeze_encoder": self.freeze_encoder, "repa_weight": self.repa_weight,
-                        "repa_features": self.repa_features, "nested_dropout": self.nested_dropout}
+                        "init_encoder": self.init_encoder, "freeze_encoder": self.freeze_encoder,
+                        "repa_weight": self.repa_weight, "repa_features": self.repa_features,
+                        "nested_dropout": self.nested_dropout}

@@ -149,8 +149,9 @@ def calibrate_threshold(
             meets = torch.stack([  # (B, K): prefix k+1 meets eps
                 reconstruction_error(tokenizer.decode_latents(z_q, keep=torch.full((B,), k, device=device)), x, metric)
                 <= eps for k in range(1, K + 1)], dim=1).cpu()
+            halt_logits = halt_logits.cpu()
             for j, thr in enumerate(grid):
-                lengths = lengths_from_halting(halt_logits.cpu(), thr)  # (B,) in 1..K
+                lengths = lengths_from_halting(halt_logits, thr)  # (B,) in 1..K
                 acc["met"][j] += meets.gather(1, (lengths - 1)[:, None]).float().sum()
                 acc["tokens"][j] += lengths.float().sum()
     per_eps = {eps: {"fraction_met": (a["met"] / n).tolist(), "mean_tokens": (a["tokens"] / n).tolist()}

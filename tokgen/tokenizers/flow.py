@@ -169,7 +169,7 @@ def load_encoder_from(flow_tok: "FlowTokenizer", path: str) -> list[str]:
         raise ValueError(f"init_encoder needs space='pixel' (a direct tokenizer encodes pixels), got "
                          f"space={flow_tok.config.space!r}")
     source = load_tokenizer(path)
-    if isinstance(source, FlowTokenizer) or type(source) is not Tokenizer1D:
+    if type(source) is not Tokenizer1D:  # a flow or halting tokenizer has another encoder input / decoder
         raise ValueError(f"init_encoder={path} is a {type(source).__name__} checkpoint; expected a direct tokenizer "
                          f"(tokgen.lit.TokenizerModule, e.g. configs/tokenizer/fmnist_small.yaml)")
     mismatched = {f: (getattr(source.config, f), getattr(flow_tok.config, f)) for f in ENCODER_FIELDS
@@ -180,9 +180,9 @@ def load_encoder_from(flow_tok: "FlowTokenizer", path: str) -> list[str]:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs recipe {b!r}" for k, (a, b) in mismatched.items())
         raise ValueError(f"init_encoder={path} does not match this flow tokenizer's encoder ({detail}); set the "
                          f"recipe's tokenizer fields to the checkpoint's")
-    have = source.state_dict()
-    names = [n for n in flow_tok.state_dict() if not n.startswith("flow.")]
-    missing = [n for n in names if n not in have or have[n].shape != flow_tok.state_dict()[n].shape]
+    have, want = source.state_dict(), flow_tok.state_dict()
+    names = [n for n in want if not n.startswith("flow.")]
+    missing = [n for n in names if n not in have or have[n].shape != want[n].shape]
     if missing:
         raise ValueError(f"init_encoder={path} lacks (or has other shapes for) {missing[:5]}")
     flow_tok.load_state_dict({n: have[n] for n in names}, strict=False)

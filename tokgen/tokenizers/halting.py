@@ -6,14 +6,13 @@ log scale between ``eps_min`` and ``eps_max`` with ``eps_bins`` learned embeddin
 bin embeddings, so every eps in the range has a trained condition even where few training errors fell (hard
 bins left the bins that training rarely reached at their random init, and lengths at those eps were
 arbitrary). The embedding is one extra encoder input token, ``[patches | eps | registers]``. Row 0 is
-"unconditioned": plain
-``encode(images)`` uses it, so a halting tokenizer still works as an any-prefix tokenizer. With causal
-registers, register i attends to every patch, to the eps token and to registers <= i; patches attend only to
-patches.
+"unconditioned": plain ``encode(images)`` uses it, so a halting tokenizer still works as an any-prefix
+tokenizer. With causal registers, register i attends to every patch, to the eps token and to registers <= i;
+patches attend only to patches.
 
 Halting head. One logit per register, read from the register's last hidden state (``halt_head_hidden > 0``: by
-an MLP that also reads the eps embedding directly, so eps need not be routed through attention to every register): ``p_i = sigmoid(h_i)`` is
-the probability that tokens ``0..i-1`` already meet the target, i.e. that the sequence may end before token i.
+an MLP that also reads the eps embedding directly, so eps need not reach every register through attention):
+``p_i = sigmoid(h_i)`` is the probability that tokens ``0..i-1`` already meet the target, i.e. that the sequence may end before token i.
 The length is the first position ``i >= 1`` with ``p_i > halt_threshold`` (K when none), so the kept set is
 always a prefix ``0..L-1`` with ``1 <= L <= K``: valid for nested decoding and for the generator.
 
