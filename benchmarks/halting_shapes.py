@@ -48,11 +48,12 @@ def main(argv=None) -> dict:
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="e.g. cuda (scores in fp32 on that device)")
     p.add_argument("--json", help="also write the JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    tok = HaltingTokenizer.from_checkpoint(args.ckpt)
+    tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(args.device)
     target_errors = sorted(float(e) for e in args.target_errors.split(","))
     rho_eps = target_errors[len(target_errors) // 2] if args.rho_eps is None else args.rho_eps
     if rho_eps not in target_errors:
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
         "num_images": report["num_images"], "num_tokens": report["num_tokens"], "error_metric": report["error_metric"],
         "trained_range": report["trained_range"], "halt_threshold": report["halt_threshold"], "data": args.data,
         "calibration": calibration,
-        "eval_seconds": seconds, "threads": args.threads, "checks": checks,
+        "eval_seconds": seconds, "threads": args.threads, "device": args.device, "checks": checks,
         "results": [{k: v for k, v in r.items()} for r in report["results"]],
     }
     print(adaptive_markdown(report), file=sys.stderr)

@@ -146,6 +146,8 @@ def test_errors_are_one_clear_line(tiny_ckpt, standin_extractor, tmp_path, monke
     assert "mismatched image size" in message and "32x32" in message
     message = cli_error("--ckpt", tiny_ckpt, "--data", "shapes", "--metrics", "psnr,bogus")
     assert "'bogus'" in message and "accepted" in message
+    message = cli_error("--ckpt", tiny_ckpt, "--data", "shapes", "--metrics", "psnr", "--out", str(tmp_path / "empty"))
+    assert "must be a .json file path" in message and "empty" in message
 
 
 # ---------------------------------------------------------------------------------- two processes (gloo)

@@ -328,3 +328,74 @@ def test_calibrate_threshold_is_the_smallest_meeting_min_met():
             assert abs(cal["per_eps"][r["eps"]]["mean_tokens"][k] - r["mean_tokens"]) < 1e-5
     with pytest.raises(ValueError, match="min_met"):
         calibrate_threshold(tok, data, eps, min_met=1.5)
+
+
+def test_refit_halting_head_learns_the_search_minimum(tmp_path):
+    """``refit_halting_head`` fits only the halting head to search labels on the frozen encoder, and
+    ``refit_checkpoint`` writes it to a new checkpoint. Stand-in decoder (random weights give errors that do not
+    fall with k): image i decoded from k tokens is the image plus a uniform L1 error base_i / k, where base_i
+    grows with the image's brightness, so the search minimum ceil(base_i / eps) is learnable from the image."""
+    from tokgen.commands.refit_halting import parse_range
+    from tokgen.metrics.datasets import EvalData
+    from tokgen.tokenizers.halting_refit import refit_checkpoint, refit_halting_head
+
+    torch.manual_seed(0)
+    tok = HaltingTokenizer(halting_config()).eval()
+    ckpt = save_halting(tmp_path / "halting.ckpt", tok)
+    g = torch.Generator().manual_seed(5)
+    level = torch.rand(96, generator=g) - 0.5  # image brightness in [-0.5, 0.5]
+    x = level[:, None, None, None] + 0.02 * torch.randn(96, 3, 16, 16, generator=g)
+    base = 0.1 + 0.8 * (level + 0.5)  # L1 error of one token, on [0, 1] images
+    data = EvalData(_ImageList(x), 16, 3, None, {"test": "refit"})
+    probe = x[:16]
+    cond = tok.condition_index(0.1, 16)
+    latents_before = tok.encode_latents(probe, cond)
+    head_before = {k: v.clone() for k, v in tok.state_dict().items() if k.startswith(("halt_mlp", "halt_head"))}
+
+    batch = {}
+    encoder_states, quantize = tok.encoder_states, tok.quantize
+
+    def tracking_states(images, condition=None):  # remember which images this batch holds
+        batch["rows"] = ((x[None] - images[:, None]).flatten(2).abs().sum(2) == 0).float().argmax(1)
+        return encoder_states(images, condition)
+
+    def index_quantize(latents):  # z_q carries the image index, like _StepDecoder
+        z_q, codes, aux = quantize(latents)
+        return batch["rows"].float()[:, None, None].expand(-1, z_q.shape[1], 1), codes, aux
+
+    def decode_latents(z_q, keep):
+        rows = z_q[:, 0, 0].long()
+        return x[rows] + 2 * (base[rows] / keep)[:, None, None, None]
+
+    tok.encoder_states, tok.quantize, tok.decode_latents = tracking_states, index_quantize, decode_latents
+    summary = refit_halting_head(tok, data, eps_range=(0.05, 0.3), reps=2, steps=300, lr=3e-3, batch_size=64,
+                                 holdout=0.25, progress=False)
+    del tok.encoder_states, tok.quantize, tok.decode_latents
+    assert summary["examples"] == 192 and summary["holdout_examples"] == 48
+    before, after = summary["holdout_before"], summary["holdout_after"]
+    assert after["bce"] < 0.7 * before["bce"], summary
+    assert after["mean_abs_diff"] < before["mean_abs_diff"], summary
+    assert 1.5 < summary["mean_kstar"] < 7.5, "the stand-in must spread k* over 1..K for this test to bite"
+    # only the head moved: the encoder's latents (hence the codes) are bit-identical
+    torch.testing.assert_close(tok.encode_latents(probe, cond), latents_before, rtol=0, atol=0)
+    assert any(not torch.equal(v, tok.state_dict()[k]) for k, v in head_before.items())
+
+    out = tmp_path / "refit.ckpt"
+    refit_checkpoint(ckpt, str(out), tok, summary)
+    loaded = HaltingTokenizer.from_checkpoint(str(out))
+    for k, v in tok.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+    assert torch.load(str(out), weights_only=True)["tokgen"]["halting_refit"]["steps"] == 300
+    original = HaltingTokenizer.from_checkpoint(ckpt)  # the input checkpoint is untouched
+    for k, v in head_before.items():
+        torch.testing.assert_close(original.state_dict()[k], v, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="is the input checkpoint"):
+        refit_checkpoint(ckpt, ckpt, tok, summary)
+    with pytest.raises(ValueError, match=r"eps_range=\(0.01, 0.2\)"):
+        refit_halting_head(tok, data, eps_range=(0.01, 0.2), progress=False)
+    with pytest.raises(ValueError, match="--eps-range 'a,b'"):
+        parse_range("a,b")
+    with pytest.raises(SystemExit, match="eps_range"):
+        main(["refit-halting", "--ckpt", ckpt, "--data", "shapes", "--out", str(tmp_path / "r2.ckpt"),
+              "--eps-range", "0.5,0.9", "--num-images", "4", "--no-progress"])

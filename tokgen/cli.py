@@ -77,6 +77,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("tokgen.commands.sample:main",
                "sample images (video tokenizers: clips) from a generator + tokenizer at chosen token budgets"),
     "eval": ("tokgen.commands.eval:main", "score a tokenizer per token budget (rFID, PSNR, SSIM, LPIPS) or samples (gFID)"),
+    "refit-halting": ("tokgen.commands.refit_halting:main", "refit a halting tokenizer's head to the search minimum (codes unchanged)"),
     "train-features": ("tokgen.commands.train_features:main", "train a small classifier, export a TorchScript feature extractor"),
     "video-tokenize": ("tokgen.commands.video_tokenize:main", "extract a video's trajectories (count + overlay video), optionally its tokens"),
     "video-eval": ("tokgen.commands.video_tokenize:eval_main", "video PSNR / SSIM of a video tokenizer per number of tokens"),

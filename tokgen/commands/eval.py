@@ -124,6 +124,9 @@ def main(argv: list[str]) -> None:
     if args.samples and any(getattr(args, flag) is not None for flag in FLOW_OPTIONS):
         raise ValueError("--flow-steps/--flow-cfg/--flow-seed decode a flow tokenizer checkpoint (--ckpt); "
                          "--samples scores images that are already decoded")
+    if args.out is not None and (os.path.isdir(args.out) or not args.out.endswith(".json")):
+        raise ValueError(f"--out {args.out} must be a .json file path (the Markdown table and PNGs are written "
+                         f"next to it), not a folder")
     if args.target_errors is not None:
         return main_adaptive(args, argv)
     if args.batch_size < 1:

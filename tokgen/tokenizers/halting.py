@@ -190,21 +190,28 @@ class HaltingTokenizer(Tokenizer1D):
         return self._bin(achieved.detach()), achieved > c.eps_max, achieved < c.eps_min
 
     # ------------------------------------------------------------------ encoder
-    def encode_hidden(self, images: torch.Tensor, condition: torch.Tensor | None = None):
+    def encoder_states(self, images: torch.Tensor, condition: torch.Tensor | None = None):
         """images (B, C, H, W) in [-1, 1], condition (B,) coordinates (None or 0 = unconditioned)
-        -> (register latents (B, K, token_dim), halting logits (B, K))."""
+        -> (register hidden states (B, K, W), eps embedding (B, W)): everything the halting head reads."""
         self.check_images(images)
         patches, registers = self.encoder_tokens(images)  # (B, N, W), (B, K, W): token-mixed when enabled
         if condition is None:
             condition = torch.zeros(images.shape[0], device=images.device)
-        eps_token = self.condition_embedding(condition)[:, None]  # (B, 1, W)
-        x = self.encoder(torch.cat([patches, eps_token, registers], dim=1), self.enc_mask)
-        hidden = x[:, -self.num_tokens:]  # (B, K, W)
+        eps_token = self.condition_embedding(condition)  # (B, W)
+        x = self.encoder(torch.cat([patches, eps_token[:, None], registers], dim=1), self.enc_mask)
+        return x[:, -self.num_tokens:], eps_token
+
+    def halting_logits(self, hidden: torch.Tensor, eps_token: torch.Tensor) -> torch.Tensor:
+        """The halting head: register states (B, K, W) and eps embedding (B, W) -> one logit per register (B, K)."""
         if self.halt_mlp is not None:
-            head_in = self.halt_mlp(torch.cat([hidden, eps_token.expand_as(hidden)], dim=-1))
-        else:
-            head_in = hidden
-        return self.to_token(hidden), self.halt_head(head_in).squeeze(-1)
+            hidden = self.halt_mlp(torch.cat([hidden, eps_token[:, None].expand_as(hidden)], dim=-1))
+        return self.halt_head(hidden).squeeze(-1)
+
+    def encode_hidden(self, images: torch.Tensor, condition: torch.Tensor | None = None):
+        """images (B, C, H, W) in [-1, 1], condition (B,) coordinates (None or 0 = unconditioned)
+        -> (register latents (B, K, token_dim), halting logits (B, K))."""
+        hidden, eps_token = self.encoder_states(images, condition)
+        return self.to_token(hidden), self.halting_logits(hidden, eps_token)
 
     def encode_latents(self, images: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode_hidden(images, condition)[0]
@@ -266,11 +273,12 @@ class HaltingTokenizer(Tokenizer1D):
 
 # ---------------------------------------------------------------------------------------------- search baseline
 @torch.no_grad()
-def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.Tensor, target_error: float,
+def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.Tensor, target_error,
                       method: str = "linear", metric: str = "l1") -> dict[str, torch.Tensor]:
     """Smallest prefix k whose reconstruction meets ``target_error``, found by decoding candidates.
 
-    z_q: (B, K, token_dim) quantized latents of ``images`` (B, C, H, W) in [-1, 1]. ``linear`` decodes
+    z_q: (B, K, token_dim) quantized latents of ``images`` (B, C, H, W) in [-1, 1]; target_error: a float or
+    one value per image (B,). ``linear`` decodes
     k = 1, 2, ... until each image meets eps (exact minimum); ``binary`` bisects 1..K per image (the minimum
     when the error falls with k; K when even K misses). Every batched decode counts one pass for each image it
     still searches. Returns {"length": (B,), "met": (B,) bool, "error": (B,) error at that length,
@@ -280,6 +288,10 @@ def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.T
         raise ValueError(f"search method {method!r} is not supported; use one of {SEARCH_METHODS}")
     B, K = z_q.shape[:2]
     device = z_q.device
+    eps = torch.as_tensor(target_error, dtype=torch.float32, device=device).flatten()
+    if eps.numel() not in (1, B):
+        raise ValueError(f"target_error holds {eps.numel()} values for {B} images; give one value or one per image")
+    eps = eps.expand(B)
     passes = torch.zeros(B, dtype=torch.long, device=device)
 
     def error_at(keep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -295,7 +307,7 @@ def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.T
             if todo.numel() == 0:
                 break
             err = error_at(torch.full((todo.numel(),), k, device=device), todo)
-            done = (err <= target_error) | (k == K)
+            done = (err <= eps[todo]) | (k == K)
             length[todo[done]], error[todo[done]] = k, err[done]
             todo = todo[~done]
     else:
@@ -308,7 +320,7 @@ def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.T
                 break
             mid = (lo[todo] + hi[todo]) // 2
             err = error_at(mid, todo)
-            ok = err <= target_error
+            ok = err <= eps[todo]
             hi[todo[ok]], best_err[todo[ok]] = mid[ok], err[ok]
             lo[todo[~ok]] = mid[~ok] + 1
         length = hi
@@ -316,4 +328,4 @@ def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.T
         if unknown.numel():
             best_err[unknown] = error_at(length[unknown], unknown)
         error = best_err
-    return {"length": length, "met": error <= target_error, "error": error, "passes": passes}
+    return {"length": length, "met": error <= eps, "error": error, "passes": passes}

@@ -1,0 +1,175 @@
+"""Refit a trained halting tokenizer's halting head to the search minimum, on its frozen encoder.
+
+Why. Two-phase training (``tokgen.lit.halting``) labels the head with a random budget T and the error eps0 that
+T tokens achieved *unconditioned*, while the encoder keeps moving; the lengths it learns follow eps and the
+image's complexity, but their spread around the smallest sufficient prefix is wide, so meeting eps on most images
+costs many extra tokens. Once the tokenizer is trained, the exact label is cheap to get: for an image and a target
+eps, encode conditioned on eps (as inference does) and search the smallest prefix k* whose reconstruction meets
+eps (``search_min_tokens``). The head is then refit with BCE so positions >= k* halt, on cached encoder states.
+
+What changes. Only the halting head (``halt_mlp``, ``halt_head``). The encoder, the eps embedding, the quantizer
+and the decoder are untouched, so the codes of every image at every eps stay bit-identical; only the lengths move.
+Inference is still one encoder pass and no decoder pass; the decoder passes are spent once, here.
+
+Cost. One conditioned encoder pass and ~log2(K) + 1 decoder passes (binary search) per (image, eps) example,
+then a few thousand steps of a small MLP on cached (B, K, W) states: minutes on a CPU for thousands of images.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .halting import SEARCH_METHODS, HaltingTokenizer, halting_targets, lengths_from_halting, search_min_tokens
+
+
+@torch.no_grad()
+def search_labels(tokenizer: HaltingTokenizer, images: torch.Tensor, target_errors: torch.Tensor,
+                  method: str = "binary") -> dict[str, torch.Tensor]:
+    """images (B, C, H, W) in [-1, 1], target_errors (B,) -> what the head reads under that conditioning,
+    {"hidden": (B, K, W), "eps_token": (B, W)}, and the search minimum {"kstar": (B,)} (K when even K misses)."""
+    condition = tokenizer.condition_index(target_errors, images.shape[0])
+    hidden, eps_token = tokenizer.encoder_states(images, condition)
+    z_q = tokenizer.quantize(tokenizer.to_token(hidden))[0]
+    found = search_min_tokens(tokenizer, z_q, images, target_errors, method, tokenizer.config.error_metric)
+    return {"hidden": hidden, "eps_token": eps_token, "kstar": found["length"]}
+
+
+def refit_halting_head(
+    tokenizer: HaltingTokenizer,
+    data,
+    eps_range: tuple[float, float] | None = None,
+    reps: int = 2,
+    steps: int = 3000,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    search: str = "binary",
+    holdout: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Refit ``tokenizer``'s halting head in place (see the module docstring); returns a JSON-ready summary.
+
+    data: a ``tokgen.metrics.datasets.EvalData`` (training images, not the split you will score). Every image
+    is used ``reps`` times, each with a target error drawn log-uniformly from ``eps_range`` (default: the
+    trained range). A ``holdout`` fraction of the examples is kept out of the fit and scored (head BCE against
+    the search labels, and the fraction of examples whose halting length at the config's threshold is exactly
+    k*) before and after, so the summary shows whether the refit helped.
+    """
+    c = tokenizer.config
+    lo, hi = eps_range if eps_range is not None else (c.eps_min, c.eps_max)
+    if not c.eps_min <= lo < hi <= c.eps_max:
+        raise ValueError(f"eps_range=({lo:g}, {hi:g}) must be an increasing pair inside the trained range "
+                         f"[{c.eps_min:g}, {c.eps_max:g}]")
+    if search not in SEARCH_METHODS:
+        raise ValueError(f"search method {search!r} is not supported; use one of {SEARCH_METHODS}")
+    for name, value, minimum in (("reps", reps, 1), ("steps", steps, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout={holdout!r} must be in (0, 1)")
+    device = next(tokenizer.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    tokenizer.eval()
+
+    # 1) labels: conditioned encoder states and the search minimum per (image, eps)
+    cache = {"hidden": [], "eps_token": [], "kstar": [], "eps": []}
+    for batch in tqdm(data.loader(64, 0), desc="search labels", unit="batch", disable=not progress):
+        x = batch["image"].to(device)
+        for _ in range(reps):
+            eps = torch.exp(torch.empty(x.shape[0]).uniform_(math.log(lo), math.log(hi), generator=gen))
+            found = search_labels(tokenizer, x, eps.to(device), search)
+            for k in ("hidden", "eps_token", "kstar"):
+                cache[k].append(found[k].cpu())
+            cache["eps"].append(eps)
+    cache = {k: torch.cat(v) for k, v in cache.items()}
+    n = cache["kstar"].shape[0]
+    order = torch.randperm(n, generator=gen)
+    n_hold = max(1, int(round(n * holdout)))
+    if n - n_hold < 1:
+        raise ValueError(f"{n} examples are too few to hold out {holdout:.0%}; give more images or reps")
+    hold, fit = order[:n_hold], order[n_hold:]
+    K = tokenizer.num_tokens
+
+    params = [p for m in (tokenizer.halt_mlp, tokenizer.halt_head) if m is not None for p in m.parameters()]
+    before = _head_scores(tokenizer, cache, hold, device)
+
+    # 2) fit the head alone on the cached states
+    was_training = tokenizer.training
+    tokenizer.train()
+    saved = [p.requires_grad for p in tokenizer.parameters()]
+    tokenizer.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    losses = []
+    try:
+        for step in tqdm(range(steps), desc="refit halting head", unit="step", disable=not progress):
+            for group in opt.param_groups:  # cosine decay to 0
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            idx = fit[torch.randint(0, fit.numel(), (min(batch_size, fit.numel()),), generator=gen)]
+            logits = tokenizer.halting_logits(cache["hidden"][idx].to(device), cache["eps_token"][idx].to(device))
+            targets, weights = halting_targets(cache["kstar"][idx].to(device), K)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weights, reduction="sum")
+            loss = loss / weights.sum().clamp(min=1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        for p, flag in zip(tokenizer.parameters(), saved):
+            p.requires_grad_(flag)
+        tokenizer.train(was_training)
+    tokenizer.eval()
+    after = _head_scores(tokenizer, cache, hold, device)
+    return {
+        "examples": n, "holdout_examples": n_hold, "eps_range": [lo, hi], "reps": reps, "steps": steps, "lr": lr,
+        "batch_size": batch_size, "search": search, "seed": seed,
+        "mean_kstar": cache["kstar"].float().mean().item(),
+        "fit_loss_first_100": sum(losses[:100]) / len(losses[:100]), "fit_loss_last_100": sum(losses[-100:]) / len(losses[-100:]),
+        "holdout_before": before, "holdout_after": after,
+    }
+
+
+@torch.no_grad()
+def _head_scores(tokenizer: HaltingTokenizer, cache: dict, rows: torch.Tensor, device) -> dict:
+    """Head BCE against the search labels on ``rows`` of the cache, and how its lengths compare with k*."""
+    K = tokenizer.num_tokens
+    logits = torch.cat([tokenizer.halting_logits(cache["hidden"][r].to(device), cache["eps_token"][r].to(device)).cpu()
+                        for r in rows.split(512)])
+    kstar = cache["kstar"][rows]
+    targets, weights = halting_targets(kstar, K)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weights, reduction="sum") / weights.sum()
+    lengths = lengths_from_halting(logits, tokenizer.config.halt_threshold)
+    return {"bce": bce.item(), "exact": (lengths == kstar).float().mean().item(),
+            "mean_abs_diff": (lengths - kstar).abs().float().mean().item(),
+            "mean_length": lengths.float().mean().item(), "mean_kstar": kstar.float().mean().item()}
+
+
+def refit_checkpoint(ckpt_path: str, out_path: str, tokenizer: HaltingTokenizer, summary: dict) -> None:
+    """Write ``ckpt_path`` again to ``out_path`` with the refit head in the weights ``from_checkpoint`` loads
+    (the EMA copy when there is one) and the refit summary under ``checkpoint["tokgen"]["halting_refit"]``.
+    The input checkpoint is never modified; ``out_path`` must differ from it."""
+    import os
+
+    from ..checkpoint import load_checkpoint
+
+    if os.path.abspath(out_path) == os.path.abspath(ckpt_path):
+        raise ValueError(f"--out {out_path} is the input checkpoint; write the refit head to a new file")
+    ckpt = load_checkpoint(ckpt_path)
+    state = ckpt["state_dict"]
+    prefix = "ema_tokenizer." if any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
+    head = {k: v for k, v in tokenizer.state_dict().items() if k.startswith(("halt_mlp.", "halt_head."))}
+    for k, v in head.items():
+        if prefix + k not in state:
+            raise ValueError(f"checkpoint {ckpt_path} has no {prefix + k}; is it the checkpoint this head was refit from?")
+        state[prefix + k] = v.detach().to(state[prefix + k].dtype).cpu()
+    ckpt["tokgen"] = copy.deepcopy(ckpt.get("tokgen") or {})
+    ckpt["tokgen"]["halting_refit"] = {**summary, "from": os.path.abspath(ckpt_path), "weights": prefix.rstrip(".")}
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, out_path)
