@@ -399,3 +399,29 @@ def test_refit_halting_head_learns_the_search_minimum(tmp_path):
     with pytest.raises(SystemExit, match="eps_range"):
         main(["refit-halting", "--ckpt", ckpt, "--data", "shapes", "--out", str(tmp_path / "r2.ckpt"),
               "--eps-range", "0.5,0.9", "--num-images", "4", "--no-progress"])
+    with pytest.raises(SystemExit, match="go together"):
+        main(["refit-halting", "--ckpt", ckpt, "--data", "shapes", "--out", str(tmp_path / "r2.ckpt"),
+              "--calibrate", "0.8", "--num-images", "4", "--no-progress"])
+    with pytest.raises(SystemExit, match="target_error=0.9 is outside"):
+        main(["refit-halting", "--ckpt", ckpt, "--data", "shapes", "--out", str(tmp_path / "r2.ckpt"),
+              "--calibrate", "0.8", "--target-errors", "0.1,0.9", "--num-images", "4", "--no-progress"])
+
+
+def test_refit_halting_command_stores_the_calibrated_threshold(tmp_path):
+    """``tokgen refit-halting --calibrate``: the threshold chosen on the val split becomes the new checkpoint's
+    halt_threshold (random-weight tokenizer: the numbers are meaningless, the plumbing is what is checked)."""
+    from tokgen.commands.refit_halting import main as refit_main
+
+    torch.manual_seed(0)
+    tok = spread_halting(HaltingTokenizer(halting_config()))
+    ckpt = save_halting(tmp_path / "halting.ckpt", tok)
+    out = tmp_path / "refit.ckpt"
+    summary = refit_main(["--ckpt", ckpt, "--data", "shapes", "--out", str(out), "--num-images", "8", "--steps", "5",
+                          "--calibrate", "0.5", "--target-errors", "0.3,0.2", "--calibrate-images", "8",
+                          "--no-progress"])
+    cal = summary["calibration"]
+    assert cal["num_images"] == 8 and set(cal["per_eps"]) == {"0.2", "0.3"}
+    assert cal["threshold"] != 0.5, "the stand-in must move the threshold for this test to bite"
+    loaded = HaltingTokenizer.from_checkpoint(str(out))
+    assert loaded.config.halt_threshold == cal["threshold"]
+    assert HaltingTokenizer.from_checkpoint(ckpt).config.halt_threshold == 0.5  # the input is untouched

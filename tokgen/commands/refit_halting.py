@@ -2,11 +2,15 @@
 ``tokgen.tokenizers.halting_refit``) and write it as a new checkpoint; codes are unchanged, only lengths move.
 
     tokgen refit-halting --ckpt runs/shapes_halting_gpu/checkpoints/last.ckpt \\
-        --data configs/tokenizer/shapes_halting_gpu.yaml --num-images 8192 --eps-range 0.04,0.16 \\
-        --out runs/shapes_halting_gpu/refit.ckpt
+        --data configs/tokenizer/shapes_halting_gpu.yaml --num-images 8192 --eps-range 0.03,0.2 \\
+        --calibrate 0.85 --target-errors 0.07,0.08,0.1,0.12 --out runs/shapes_halting_gpu/refit.ckpt
 
 Labels come from the training split (never the val split used for threshold calibration, nor the test split
-that is scored). The summary (held-out head BCE and exact-length rate before and after) is printed as JSON and
+that is scored). With ``--calibrate MIN_MET`` the halting threshold is then chosen on the val split
+(``tokgen.metrics.adaptive.calibrate_threshold``: the smallest that meets every eps of ``--target-errors`` on
+MIN_MET of those images) and stored as the new checkpoint's ``halt_threshold``, so ``encode(images,
+target_error=eps)``, ``tokgen tokenize --target-error`` and ``tokgen eval --target-errors`` use it by default.
+The summary (held-out head BCE and exact-length rate before and after, the calibration) is printed as JSON and
 stored in the new checkpoint's metadata.
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 
 import torch
 
+from ..metrics.adaptive import calibrate_threshold
 from ..metrics.datasets import DATA_ACCEPTED, build_data
 from ..tokenizers.halting import SEARCH_METHODS, HaltingTokenizer
 from ..tokenizers.halting_refit import refit_checkpoint, refit_halting_head
@@ -35,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--search", default="binary", choices=SEARCH_METHODS,
                    help="how k* is found: binary (~log2 K decodes) or linear (exact first k, up to K decodes)")
+    p.add_argument("--calibrate", type=float, metavar="MIN_MET",
+                   help="then choose the halting threshold on the val split (smallest meeting every --target-errors "
+                        "eps on MIN_MET of the images, e.g. 0.85) and store it in the checkpoint")
+    p.add_argument("--target-errors", metavar="EPS,...", help="with --calibrate: the eps values to calibrate for")
+    p.add_argument("--calibrate-images", type=int, default=512, help="val images for --calibrate (default 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
@@ -57,7 +67,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     eps_range = parse_range(args.eps_range)
+    if (args.calibrate is None) != (args.target_errors is None):
+        raise ValueError("--calibrate MIN_MET and --target-errors EPS,... go together (the eps values to calibrate for)")
     tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(args.device)
+    target_errors = None
+    if args.target_errors is not None:
+        try:
+            target_errors = sorted(float(e) for e in args.target_errors.split(","))
+        except ValueError:
+            raise ValueError(f"--target-errors {args.target_errors!r} must be comma-separated numbers") from None
+        for eps in target_errors:  # fail before the long part
+            tok.condition_index(eps, 1)
     data = build_data(args.data, split="train", image_size=tok.config.image_size, channels=tok.config.channels,
                       num_images=args.num_images)
     start = time.perf_counter()
@@ -66,6 +86,14 @@ def main(argv: list[str] | None = None) -> dict:
                                  progress=not args.no_progress)
     summary["seconds"] = time.perf_counter() - start
     summary["data"] = args.data
+    if args.calibrate is not None:
+        cal_data = build_data(args.data, split="val", image_size=tok.config.image_size, channels=tok.config.channels,
+                              num_images=args.calibrate_images)
+        calibration = calibrate_threshold(tok, cal_data, target_errors, min_met=args.calibrate,
+                                          progress=not args.no_progress)
+        tok.config.halt_threshold = calibration["threshold"]
+        summary["calibration"] = {k: v for k, v in calibration.items() if k != "per_eps"}
+        summary["calibration"]["per_eps"] = {f"{e:g}": v for e, v in calibration["per_eps"].items()}
     refit_checkpoint(args.ckpt, args.out, tok, summary)
     print(json.dumps(summary))
     return summary

@@ -169,6 +169,7 @@ def refit_checkpoint(ckpt_path: str, out_path: str, tokenizer: HaltingTokenizer,
         state[prefix + k] = v.detach().to(state[prefix + k].dtype).cpu()
     ckpt["tokgen"] = copy.deepcopy(ckpt.get("tokgen") or {})
     ckpt["tokgen"]["halting_refit"] = {**summary, "from": os.path.abspath(ckpt_path), "weights": prefix.rstrip(".")}
+    ckpt["tokgen"]["tokenizer_config"]["halt_threshold"] = tokenizer.config.halt_threshold  # calibrated or not
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
     torch.save(ckpt, tmp)
