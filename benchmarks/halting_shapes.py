@@ -27,9 +27,25 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tokgen.metrics.adaptive import adaptive_markdown, calibrate_threshold, evaluate_adaptive  # noqa: E402
+from tokgen.metrics.adaptive import (adaptive_markdown, calibrate_threshold, evaluate_adaptive,  # noqa: E402
+                                     plot_length_histograms)
+from tokgen.metrics.evaluate import save_grid  # noqa: E402
 from tokgen.metrics.datasets import build_data  # noqa: E402
 from tokgen.tokenizers import HaltingTokenizer  # noqa: E402
+
+
+@torch.no_grad()
+def save_halting_grid(tok, data, target_errors, threshold, n, path) -> None:
+    """Rows: the first n scored images, then their reconstruction at each eps from the tokens halting kept
+    (the count in each tile's corner)."""
+    device = next(tok.parameters()).device
+    x = next(iter(data.loader(n, 0)))["image"][:n].to(device)
+    rows, captions = [("real", (x.cpu() + 1) / 2)], [None]
+    for eps in target_errors:
+        _, lengths, z_q = tok.encode_adaptive(x, eps, threshold=threshold)
+        rows.append((f"eps {eps:g}", (tok.decode_latents(z_q, keep=lengths).cpu().clamp(-1, 1) + 1) / 2))
+        captions.append([str(int(k)) for k in lengths])
+    save_grid(rows, path, captions=captions)
 
 
 def main(argv=None) -> dict:
@@ -49,7 +65,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="e.g. cuda (scores in fp32 on that device)")
-    p.add_argument("--json", help="also write the JSON here")
+    p.add_argument("--json", help="also write the JSON here, the length histograms next to it (<stem>_lengths.png) "
+                                  "and a grid of halting reconstructions (<stem>_grid.png)")
+    p.add_argument("--grid-images", type=int, default=12, help="images in the grid (default 12)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -104,6 +122,9 @@ def main(argv=None) -> dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
+        stem = os.path.splitext(args.json)[0]
+        plot_length_histograms(report, f"{stem}_lengths.png")
+        save_halting_grid(tok, data, target_errors, args.halt_threshold, args.grid_images, f"{stem}_grid.png")
     print(json.dumps(out))
     return out
 

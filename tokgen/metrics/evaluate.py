@@ -276,8 +276,10 @@ def plot_metrics(report: EvalReport, path: str) -> None:
     plt.close(fig)
 
 
-def save_grid(rows: list[tuple[str, torch.Tensor]], path: str, min_tile: int = 64) -> None:
-    """Rows of images (g, C, H, W) in [0, 1] -> one labelled PNG (small images upscaled, nearest)."""
+def save_grid(rows: list[tuple[str, torch.Tensor]], path: str, min_tile: int = 64,
+              captions: list[list[str] | None] | None = None) -> None:
+    """Rows of images (g, C, H, W) in [0, 1] -> one labelled PNG (small images upscaled, nearest); ``captions``
+    (one list per row, or None) writes a short text in each tile's corner, e.g. the tokens it kept."""
     from PIL import Image, ImageDraw
 
     g = max(r.shape[0] for _, r in rows)
@@ -293,4 +295,7 @@ def save_grid(rows: list[tuple[str, torch.Tensor]], path: str, min_tile: int = 6
         for j, tile in enumerate(tiles):
             array = (tile.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
             canvas.paste(Image.fromarray(array), (margin + j * (tw + pad), y))
+            if captions is not None and captions[i] is not None:
+                draw.text((margin + j * (tw + pad) + 2, y + th - 12), captions[i][j], fill="white",
+                          stroke_width=1, stroke_fill="black")
     canvas.save(path)
