@@ -148,8 +148,8 @@ def test_search_baseline_hand_built():
         search_min_tokens(dec, z_q, target, 0.1, "ternary")
 
 
-@pytest.mark.parametrize("head_hidden", [0, 16])
-def test_two_phase_training_steps_and_checkpoint(tmp_path, head_hidden):
+@pytest.mark.parametrize("head_hidden, attention, quantizer", [(0, "causal", "fsq"), (16, "bidirectional", "vq")])
+def test_two_phase_training_steps_and_checkpoint(tmp_path, head_hidden, attention, quantizer):
     """A few two-phase steps run end to end (losses finite, weights move, halting head trained) and the checkpoint
     reloads as a HaltingTokenizer without YAML. (Learning monotone lengths needs minutes of training: see
     benchmarks/halting_shapes.py.)"""
@@ -159,7 +159,8 @@ def test_two_phase_training_steps_and_checkpoint(tmp_path, head_hidden):
     from tokgen.lit import HaltingModule, OptimConfig
 
     L.seed_everything(0)
-    module = HaltingModule(halting_config(halt_head_hidden=head_hidden), optim=OptimConfig(lr=1e-3, warmup_steps=2),
+    config = halting_config(halt_head_hidden=head_hidden, register_attention=attention, quantizer=QUANTIZERS[quantizer])
+    module = HaltingModule(config, optim=OptimConfig(lr=1e-3, warmup_steps=2),
                            ema_decay=0.9,
                            val_target_errors=[0.05, 0.2])
     before = {k: v.clone() for k, v in module.tokenizer.state_dict().items()}
@@ -182,6 +183,7 @@ def test_two_phase_training_steps_and_checkpoint(tmp_path, head_hidden):
     tok = load_tokenizer(path)
     assert isinstance(tok, HaltingTokenizer) and tok.config.eps_bins == 8
     assert tok.config.halt_head_hidden == head_hidden and (tok.halt_mlp is None) == (head_hidden == 0)
+    assert tok.config.register_attention == attention and tok.config.quantizer.kind == quantizer
     torch.testing.assert_close(tok.halt_head.weight, module.ema_tokenizer.halt_head.weight)  # EMA weights by default
     x = torch.stack([shapes[i]["image"] for i in range(4)])
     assert tok.encode(x, target_error=0.1)[1].shape == (4,)
