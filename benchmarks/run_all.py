@@ -224,6 +224,14 @@ def summary_rows(runs: dict) -> list[tuple[str, str]]:
             continue
         res = run.get("result")
         state = run["status"] + (f" (committed {run['from_file']}, not re-run)" if run.get("from_file") else "")
+        if name == "halting_shapes" and res and "checks" in res:
+            c = res["checks"]
+            res_text = (f"{res['num_images']} images, threshold {fmt(res['halt_threshold'])}, Spearman "
+                        f"{fmt(c['spearman_rho']['value'])} at eps {c['spearman_rho']['eps']:g}; " + ", ".join(
+                            f"eps {r['eps']:g}: {fmt(r['tokens_vs_search'])}x search tokens, met {fmt(100 * r['fraction_met'], 1)} %"
+                            for r in c["per_eps"]))
+            rows.append((name, state + ": " + res_text))
+            continue
         rows.append((name, state if not res else state + ": " + short(res)))
     return rows
 

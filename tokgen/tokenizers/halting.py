@@ -21,6 +21,10 @@ measure the achieved error eps0 of each image; (2) encode conditioned on eps0 an
 positions 1..T-1 stay active and T..K-1 halt (target 1 = "T tokens suffice"). ``halting_targets`` builds those
 labels, including the partial labels of an eps0 outside the trained range.
 
+Head refit (``tokgen.tokenizers.halting_refit``, ``tokgen refit-halting``): once the tokenizer is trained, the head
+alone is refit on the frozen encoder to the search minimum k* of (image, eps) pairs, which tightens the lengths
+around the smallest sufficient prefix; codes do not change.
+
 Inference: ``encode(images, target_error=eps)`` -> (codes (B, K) with zeros past each length, lengths (B,)),
 one encoder pass and no decoder pass. An eps outside ``[eps_min, eps_max]`` raises a ValueError unless
 ``clamp=True``, which uses the nearest trained value (the lengths are then those of the clamped eps).
