@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..checkpoint import load_checkpoint
 from .halting import SEARCH_METHODS, HaltingTokenizer, halting_targets, lengths_from_halting, search_min_tokens
 
 
@@ -97,33 +99,21 @@ def refit_halting_head(
     params = [p for m in (tokenizer.halt_mlp, tokenizer.halt_head) if m is not None for p in m.parameters()]
     before = _head_scores(tokenizer, cache, hold, device)
 
-    # 2) fit the head alone on the cached states
-    was_training = tokenizer.training
-    tokenizer.train()
-    saved = [p.requires_grad for p in tokenizer.parameters()]
-    tokenizer.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    # 2) fit the head alone on the cached states (computed without grad, so only the head's parameters get any)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     losses = []
-    try:
-        for step in tqdm(range(steps), desc="refit halting head", unit="step", disable=not progress):
-            for group in opt.param_groups:  # cosine decay to 0
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            idx = fit[torch.randint(0, fit.numel(), (min(batch_size, fit.numel()),), generator=gen)]
-            logits = tokenizer.halting_logits(cache["hidden"][idx].to(device), cache["eps_token"][idx].to(device))
-            targets, weights = halting_targets(cache["kstar"][idx].to(device), K)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weights, reduction="sum")
-            loss = loss / weights.sum().clamp(min=1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        for p, flag in zip(tokenizer.parameters(), saved):
-            p.requires_grad_(flag)
-        tokenizer.train(was_training)
-    tokenizer.eval()
+    for step in tqdm(range(steps), desc="refit halting head", unit="step", disable=not progress):
+        for group in opt.param_groups:  # cosine decay to 0
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = fit[torch.randint(0, fit.numel(), (min(batch_size, fit.numel()),), generator=gen)]
+        logits = tokenizer.halting_logits(cache["hidden"][idx].to(device), cache["eps_token"][idx].to(device))
+        targets, weights = halting_targets(cache["kstar"][idx].to(device), K)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weights, reduction="sum")
+        loss = loss / weights.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
     after = _head_scores(tokenizer, cache, hold, device)
     return {
         "examples": n, "holdout_examples": n_hold, "eps_range": [lo, hi], "reps": reps, "steps": steps, "lr": lr,
@@ -153,10 +143,6 @@ def refit_checkpoint(ckpt_path: str, out_path: str, tokenizer: HaltingTokenizer,
     """Write ``ckpt_path`` again to ``out_path`` with the refit head in the weights ``from_checkpoint`` loads
     (the EMA copy when there is one) and the refit summary under ``checkpoint["tokgen"]["halting_refit"]``.
     The input checkpoint is never modified; ``out_path`` must differ from it."""
-    import os
-
-    from ..checkpoint import load_checkpoint
-
     if os.path.abspath(out_path) == os.path.abspath(ckpt_path):
         raise ValueError(f"--out {out_path} is the input checkpoint; write the refit head to a new file")
     ckpt = load_checkpoint(ckpt_path)
