@@ -78,15 +78,14 @@ def refit_halting_head(
     tokenizer.eval()
 
     # 1) labels: conditioned encoder states and the search minimum per (image, eps)
-    cache = {"hidden": [], "eps_token": [], "kstar": [], "eps": []}
+    cache = {"hidden": [], "eps_token": [], "kstar": []}
     for batch in tqdm(data.loader(64, 0), desc="search labels", unit="batch", disable=not progress):
         x = batch["image"].to(device)
         for _ in range(reps):
             eps = torch.exp(torch.empty(x.shape[0]).uniform_(math.log(lo), math.log(hi), generator=gen))
             found = search_labels(tokenizer, x, eps.to(device), search)
-            for k in ("hidden", "eps_token", "kstar"):
+            for k in cache:
                 cache[k].append(found[k].cpu())
-            cache["eps"].append(eps)
     cache = {k: torch.cat(v) for k, v in cache.items()}
     n = cache["kstar"].shape[0]
     order = torch.randperm(n, generator=gen)
