@@ -22,6 +22,7 @@ import time
 import torch
 
 from ..metrics.adaptive import calibrate_threshold
+from .eval import parse_target_errors
 from ..metrics.datasets import DATA_ACCEPTED, build_data
 from ..tokenizers.halting import SEARCH_METHODS, HaltingTokenizer
 from ..tokenizers.halting_refit import refit_checkpoint, refit_halting_head
@@ -72,10 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(args.device)
     target_errors = None
     if args.target_errors is not None:
-        try:
-            target_errors = sorted(float(e) for e in args.target_errors.split(","))
-        except ValueError:
-            raise ValueError(f"--target-errors {args.target_errors!r} must be comma-separated numbers") from None
+        target_errors = parse_target_errors(args.target_errors)
         for eps in target_errors:  # fail before the long part
             tok.condition_index(eps, 1)
     data = build_data(args.data, split="train", image_size=tok.config.image_size, channels=tok.config.channels,

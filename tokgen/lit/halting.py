@@ -16,9 +16,8 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 
-from ..tokenizers.halting import HaltingConfig, HaltingTokenizer, halting_targets, reconstruction_error
+from ..tokenizers.halting import HaltingConfig, HaltingTokenizer, halting_bce, halting_targets, reconstruction_error
 from ..tokenizers.nested_dropout import sample_keep_lengths
 from .losses import pixel_loss
 from .tokenizer import LossConfig, OptimConfig, TokenizerModule
@@ -94,8 +93,7 @@ class HaltingModule(TokenizerModule):
         rec = pixel_loss(recon, images, self.loss_config.reconstruction)
         targets, weights = halting_targets(budget, K, too_high, too_low)
         weights = weights * (~uncond).float()[:, None]
-        bce = F.binary_cross_entropy_with_logits(halt_logits.float(), targets, weight=weights, reduction="sum")
-        halt = bce / weights.sum().clamp(min=1.0)
+        halt = halting_bce(halt_logits, targets, weights)
         loss = rec + self.halt_weight * halt + sum(aux.values(), torch.zeros((), device=images.device))
 
         lr = self.generator_step(loss)

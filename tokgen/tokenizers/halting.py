@@ -120,6 +120,12 @@ def halting_targets(budget: torch.Tensor, num_tokens: int, too_high: torch.Tenso
     return targets, weights
 
 
+def halting_bce(halt_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """BCE of halting logits (B, K) against ``halting_targets``' labels, averaged over the scored positions."""
+    bce = F.binary_cross_entropy_with_logits(halt_logits.float(), targets, weight=weights, reduction="sum")
+    return bce / weights.sum().clamp(min=1.0)
+
+
 class HaltingTokenizer(Tokenizer1D):
     """Tokenizer1D whose encoder also reads a target-error token and predicts one halting logit per register."""
 

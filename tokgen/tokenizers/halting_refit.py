@@ -21,11 +21,11 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
-from .halting import SEARCH_METHODS, HaltingTokenizer, halting_targets, lengths_from_halting, search_min_tokens
+from .halting import (SEARCH_METHODS, HaltingTokenizer, halting_bce, halting_targets, lengths_from_halting,
+                      search_min_tokens)
 
 
 @torch.no_grad()
@@ -107,8 +107,7 @@ def refit_halting_head(
         idx = fit[torch.randint(0, fit.numel(), (min(batch_size, fit.numel()),), generator=gen)]
         logits = tokenizer.halting_logits(cache["hidden"][idx].to(device), cache["eps_token"][idx].to(device))
         targets, weights = halting_targets(cache["kstar"][idx].to(device), K)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weights, reduction="sum")
-        loss = loss / weights.sum().clamp(min=1.0)
+        loss = halting_bce(logits, targets, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,7 +130,7 @@ def _head_scores(tokenizer: HaltingTokenizer, cache: dict, rows: torch.Tensor, d
                         for r in rows.split(512)])
     kstar = cache["kstar"][rows]
     targets, weights = halting_targets(kstar, K)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weights, reduction="sum") / weights.sum()
+    bce = halting_bce(logits, targets, weights)
     lengths = lengths_from_halting(logits, tokenizer.config.halt_threshold)
     return {"bce": bce.item(), "exact": (lengths == kstar).float().mean().item(),
             "mean_abs_diff": (lengths - kstar).abs().float().mean().item(),
