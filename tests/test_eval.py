@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from tokgen.cli import main
-from tokgen.metrics import FeatureNet, evaluate_tokenizer, export_feature_extractor, psnr, ssim, to_uint8
+from tokgen.metrics import FeatureNet, evaluate_tokenizer, psnr, save_feature_extractor, ssim, to_uint8
 from tokgen.metrics.datasets import build_data
 from tokgen.metrics.fid import INCEPTION_FILE
 from tokgen.tokenizers import Tokenizer1D
@@ -42,9 +42,9 @@ def tiny_ckpt(tmp_path_factory):
 def standin_extractor(tmp_path_factory):
     """Stand-in feature extractor: an untrained FeatureNet (seeded) in the train-features file format."""
     torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("feat") / "standin.pt")
-    export_feature_extractor(FeatureNet(channels=3, num_classes=3, width=4, feature_dim=16), path,
-                             {"name": "standin", "input_size": 16, "channels": 3, "feature_dim": 16})
+    path = str(tmp_path_factory.mktemp("feat") / "standin.safetensors")
+    save_feature_extractor(FeatureNet(channels=3, num_classes=3, width=4, feature_dim=16), path,
+                           {"name": "standin", "input_size": 16, "channels": 3, "feature_dim": 16})
     return path
 
 

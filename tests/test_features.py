@@ -1,4 +1,4 @@
-"""`tokgen train-features`: a quick fit on a slice of Fashion-MNIST gives a TorchScript extractor with metadata,
+"""`tokgen train-features`: a quick fit on a slice of Fashion-MNIST gives an extractor file with metadata,
 features and logits, well above chance; bad names fail before training."""
 import json
 import os
@@ -14,7 +14,7 @@ FMNIST_RAW = "/usr/share/datasets/fashion-mnist"
 
 @pytest.mark.skipif(not os.path.isdir(FMNIST_RAW), reason="Debian package dataset-fashion-mnist not installed")
 def test_train_features_fmnist_quick(tmp_path, capsys):
-    out = tmp_path / "features_fmnist.pt"
+    out = tmp_path / "features_fmnist.safetensors"
     main(["train-features", "--data", "fmnist", "--data-root", str(tmp_path / "data"), "--out", str(out),
           "--max-train-images", "2000", "--max-test-images", "500", "--epochs", "1", "--width", "8",
           "--feature-dim", "32", "--batch-size", "50", "--lr", "1e-2", "--no-progress"])
@@ -41,5 +41,6 @@ def test_train_features_fmnist_quick(tmp_path, capsys):
 
 def test_train_features_rejects_reserved_name(tmp_path):
     with pytest.raises(SystemExit) as err:
-        main(["train-features", "--data", "shapes", "--name", "fid_inception", "--out", str(tmp_path / "f.pt")])
+        main(["train-features", "--data", "shapes", "--name", "fid_inception", "--out",
+              str(tmp_path / "f.safetensors")])
     assert "reserved" in str(err.value.code)

@@ -18,6 +18,7 @@ from tokgen.cli import lightning_main, main
 from tokgen.data import ShapesDataModule
 from tokgen.generator import GPT, GPTConfig, tokenizer_identity
 from tokgen.lit import FlowModule
+from tokgen.metrics import FeatureNet, save_feature_extractor
 from tokgen.tokenizers import FlowTokenizer, FlowTokenizerConfig, Tokenizer1D, TokenizerConfig, load_tokenizer
 from tokgen.tokenizers.flow_decoder import repa_alignment
 
@@ -264,17 +265,6 @@ def test_repa_alignment_and_head():
         flow_config(repa_depth=1)
 
 
-class ConvFeatures(torch.nn.Module):
-    """Untrained stand-in feature network (images in [0, 1] -> (B, 6, 4, 4) feature maps)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 6, 4, stride=4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def write_flow_recipe(tmp_path, **init_args) -> str:
     tokenizer = {k: v for k, v in TINY.items()}
     tokenizer.update(init_args.pop("tokenizer", {}))
@@ -297,8 +287,8 @@ def write_flow_recipe(tmp_path, **init_args) -> str:
 
 
 def test_fit_through_the_cli_writes_a_flow_checkpoint_that_loads(tmp_path):
-    feature_net = str(tmp_path / "features.pt")
-    torch.jit.save(torch.jit.script(ConvFeatures()), feature_net)
+    feature_net = str(tmp_path / "features.safetensors")  # untrained stand-in: images in [0, 1] -> (B, 6) features
+    save_feature_extractor(FeatureNet(channels=3, num_classes=2, width=4, feature_dim=6), feature_net, {"name": "repa"})
     recipe = write_flow_recipe(tmp_path, tokenizer={"repa_depth": 1, "repa_dim": 6}, repa_weight=0.5,
                                repa_features=feature_net, nested_dropout="pow2_dual")
     cli = lightning_main(["fit", "--config", recipe])

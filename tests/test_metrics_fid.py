@@ -18,9 +18,9 @@ from tokgen.metrics import (
     FrechetPerBudget,
     InceptionFeatures,
     RealStatsCache,
-    export_feature_extractor,
     frechet_distance,
     gaussian_stats,
+    save_feature_extractor,
 )
 from tokgen.metrics.fid import INCEPTION_FILE
 
@@ -136,12 +136,12 @@ def test_inception_loading_path_with_random_weights(tmp_path, monkeypatch):
     assert inception.metric_name == "fid" and len(inception.fingerprint) == 64
 
 
-def test_torchscript_extractor_metadata_name_and_classify(tmp_path):
-    """An untrained FeatureNet (stand-in) exported like train-features does."""
+def test_extractor_file_metadata_name_and_classify(tmp_path):
+    """An untrained FeatureNet (stand-in) saved like train-features does."""
     torch.manual_seed(0)
     net = FeatureNet(channels=1, num_classes=4, width=4, feature_dim=8)
-    path = str(tmp_path / "feat.pt")
-    export_feature_extractor(net, path, {"name": "toy", "input_size": 16, "channels": 1, "feature_dim": 8})
+    path = str(tmp_path / "feat.safetensors")
+    save_feature_extractor(net, path, {"name": "toy", "input_size": 16, "channels": 1, "feature_dim": 8})
     extractor = FeatureExtractor(path, probe=(3, 32))  # RGB 32x32 in: averaged to grey, resized to 16
     assert extractor.metric_name == "fid_toy" and extractor.num_features == 8
     images = random_images(4, 0)
@@ -152,9 +152,9 @@ def test_torchscript_extractor_metadata_name_and_classify(tmp_path):
         assert torch.allclose(f, net.eval()(grey16), atol=1e-5)
         assert extractor.net.classify(grey16).shape == (4, 4)
     with pytest.raises(ValueError, match="reserved"):
-        export_feature_extractor(net, str(tmp_path / "f2.pt"), {"metric_name": "FID"})
+        save_feature_extractor(net, str(tmp_path / "f2.safetensors"), {"metric_name": "FID"})
     with pytest.raises(FileNotFoundError, match="not found"):
-        FeatureExtractor(str(tmp_path / "none.pt"))
-    (tmp_path / "junk.pt").write_text(json.dumps({"not": "torchscript"}))
-    with pytest.raises(ValueError, match="not a TorchScript file"):
-        FeatureExtractor(str(tmp_path / "junk.pt"))
+        FeatureExtractor(str(tmp_path / "none.safetensors"))
+    (tmp_path / "junk.safetensors").write_text(json.dumps({"not": "safetensors"}))
+    with pytest.raises(ValueError, match="junk.safetensors is not a readable safetensors file"):
+        FeatureExtractor(str(tmp_path / "junk.safetensors"))

@@ -136,25 +136,23 @@ def test_other_weights_of_the_same_tokenizer_only_warn(tiny_config, models, tmp_
     assert "warning: tokenizer" in capsys.readouterr().err
 
 
-class AlwaysZero(torch.nn.Module):
+def always_zero_classifier(path: str) -> str:
     """A stand-in classifier in the `tokgen train-features` file format that labels every image class 0."""
+    from tokgen.metrics import FeatureNet, save_feature_extractor
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))
-
-    @torch.jit.export
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(x.shape[0], 3)
-        logits[:, 0] = 1.0
-        return logits
+    net = FeatureNet(channels=3, num_classes=3, width=4, feature_dim=4)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    save_feature_extractor(net, path, {"name": "test"})
+    return path
 
 
 def test_classifier_accuracy_per_budget(models, tmp_path):
     import json
 
     tok, gen = models
-    path = str(tmp_path / "clf.pt")
-    torch.jit.save(torch.jit.script(AlwaysZero()), path, _extra_files={"tokgen_extractor.json": '{"name": "test"}'})
+    path = always_zero_classifier(str(tmp_path / "clf.safetensors"))
     from tokgen.commands.sample import main as sample_main
 
     result = sample_main(["--tokenizer", tok, "--generator", gen, "--budgets", "2,8", "--classes", "0,1,2",

@@ -78,7 +78,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "sample images (video tokenizers: clips) from a generator + tokenizer at chosen token budgets"),
     "eval": ("tokgen.commands.eval:main", "score a tokenizer per token budget (rFID, PSNR, SSIM, LPIPS) or samples (gFID)"),
     "refit-halting": ("tokgen.commands.refit_halting:main", "refit a halting tokenizer's head to the search minimum (codes unchanged)"),
-    "train-features": ("tokgen.commands.train_features:main", "train a small classifier, export a TorchScript feature extractor"),
+    "train-features": ("tokgen.commands.train_features:main", "train a small classifier, save it as a feature extractor (safetensors)"),
     "video-tokenize": ("tokgen.commands.video_tokenize:main", "extract a video's trajectories (count + overlay video), optionally its tokens"),
     "video-eval": ("tokgen.commands.video_tokenize:eval_main", "video PSNR / SSIM of a video tokenizer per number of tokens"),
 }
@@ -91,6 +91,26 @@ def usage() -> str:
     lines += [f"  {name:<25} {text}" for name, (_, text) in sorted(COMMANDS.items())]
     lines += ["  <command> --help          options of one command", ""]
     return "\n".join(lines)
+
+
+class UsageExit(int):
+    """Exit status 2 (a user error) whose ``str()`` is the error line printed on stderr: the interpreter exits
+    with 2, and a caller that catches SystemExit in-process (tests, notebooks) reads the message from ``code``."""
+
+    def __new__(cls, message: str):
+        status = super().__new__(cls, 2)
+        status.message = message
+        return status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fail(message: str):
+    """Print ``message`` on stderr and exit with status 2 (:class:`UsageExit`)."""
+    print(message, file=sys.stderr)
+    sys.stderr.flush()
+    raise SystemExit(UsageExit(message))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as err:
         if os.environ.get("TOKGEN_DEBUG"):
             raise
-        sys.exit(f"tokgen {command}: error: {err}")
+        fail(f"tokgen {command}: error: {err}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """``tokgen eval``: score a tokenizer at several token budgets (rFID, PSNR, SSIM, LPIPS), or sample folders (gFID).
 
     tokgen eval --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --budgets 1,2,4,8,16,32 \
-        --metrics psnr,ssim --feature-extractor features_fmnist.pt --out runs/fmnist_small/eval/fmnist.json
-    tokgen eval --samples k32=samples/k32 --data fmnist --feature-extractor features_fmnist.pt --out gfid.json
+        --metrics psnr,ssim --feature-extractor features_fmnist.safetensors --out runs/fmnist_small/eval/fmnist.json
+    tokgen eval --samples k32=samples/k32 --data fmnist --feature-extractor features_fmnist.safetensors --out gfid.json
     tokgen eval --ckpt runs/shapes_halting/checkpoints/last.ckpt --data shapes --target-errors 0.05,0.08,0.12
     tokgen eval --ckpt runs/fmnist_flow_small/checkpoints/last.ckpt --data fmnist --budgets 1,2,4,32 --flow-steps 25
 
@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--feature-extractor psnr,ssim,lpips; with --samples fid). Each --feature-extractor always adds "
                    "its own Fréchet metric (e.g. fid_fmnist)")
     p.add_argument("--feature-extractor", action="append", default=[], metavar="FILE",
-                   help="TorchScript feature model (e.g. from tokgen train-features): Fréchet distance in its feature "
-                   "space, reported under its own name")
+                   help="feature extractor file (safetensors, from tokgen train-features): Fréchet distance in its "
+                   "feature space, reported under its own name")
+    p.add_argument("--trust-torchscript", action="store_true", help="also accept TorchScript --feature-extractor "
+                   "files (deprecated); TorchScript runs code stored in the file, so only for files you trust")
     p.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity Inception weights for fid (default: the "
                    "torch hub cache)")
     p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default alex)")
@@ -161,7 +163,8 @@ def main(argv: list[str]) -> None:
     extractors = []
     probe = (channels or 3, image_size or 32)
     for path in args.feature_extractor:
-        extractor = FeatureExtractor(path, probe=probe)
+        extractor = FeatureExtractor(path, probe=probe, trust_torchscript=args.trust_torchscript,
+                                     what="--feature-extractor")
         extractor_names_ok.add(extractor.metric_name)
         extractors.append(extractor)
     accepted = (*METRICS, *sorted(extractor_names_ok))

@@ -62,8 +62,10 @@ def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
                    help="torch CPU threads per process (default: cores / processes)")
     p.add_argument("--no-ema", action="store_true", help="raw instead of EMA weights (both models)")
     p.add_argument("--classifier", default=None,
-                   help="TorchScript classifier with classify(x) (`tokgen train-features`): report the share of "
+                   help="classifier file with classify(x) (`tokgen train-features`, safetensors): report the share of "
                         "samples labelled as their conditioning class, per budget")
+    p.add_argument("--trust-torchscript", action="store_true", help="also accept a TorchScript --classifier "
+                   "(deprecated); TorchScript runs code stored in the file, so only for files you trust")
     p.add_argument("--metrics-json", default=None, help="write the per-budget accuracy (and settings) as JSON")
     add_flow_arguments(p)
     return p
@@ -140,11 +142,13 @@ def generate_budgets(model: GPT, args, idx: list[int], labels: list, budgets: li
             for b in budgets for codes, lengths in [outputs.get(b, outputs[max(budgets)])]}
 
 
-def load_classifier(path: str, channels: int, size: int):
-    """A `tokgen train-features` TorchScript file (must export ``classify``), wrapped for uint8 images."""
+def load_classifier(path: str, channels: int, size: int, trust_torchscript: bool = False):
+    """A `tokgen train-features` file (its network must have ``classify``), wrapped for uint8 images; TorchScript
+    only with ``trust_torchscript``."""
     from ..metrics.features import FeatureExtractor
 
-    extractor = FeatureExtractor(path, probe=(channels, size))
+    extractor = FeatureExtractor(path, probe=(channels, size), trust_torchscript=trust_torchscript,
+                                 what="--classifier")
     if not hasattr(extractor.net, "classify"):
         raise ValueError(f"--classifier {path} has no classify() method; write one with `tokgen train-features`")
     return extractor
@@ -217,7 +221,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.classifier:
         if classes == [None]:
             raise ValueError("--classifier needs a class-conditional generator (it checks the conditioning class)")
-        classifier = load_classifier(args.classifier, tokenizer.config.channels, tokenizer.config.image_size)
+        classifier = load_classifier(args.classifier, tokenizer.config.channels, tokenizer.config.image_size,
+                                     args.trust_torchscript)
 
     labels, batches, grid_members = plan_samples(args, classes)
     # one generation at the largest budget serves every budget (prefixes) unless the schedule depends on k

@@ -1,12 +1,13 @@
-"""``tokgen train-features``: train a small CNN classifier on a labelled data set and export it as a TorchScript
-feature extractor, so Fréchet distances can be computed offline in domains where Inception is meaningless.
+"""``tokgen train-features``: train a small CNN classifier on a labelled data set and save it as a feature
+extractor (safetensors weights + config), so Fréchet distances can be computed offline in domains where Inception is
+meaningless.
 
-    tokgen train-features --data fmnist --out features_fmnist.pt          # ~2 epochs, a few CPU minutes
+    tokgen train-features --data fmnist --out features_fmnist.safetensors   # ~2 epochs, a few CPU minutes
 
-The file's ``forward(x)`` maps images (B, C, S, S) in [0, 1] to penultimate features (B, D); its
-``classify(x)`` gives class logits (B, num_classes), for classifying generated samples. Metadata (name,
+The network (``FeatureNet``) maps images (B, C, S, S) in [0, 1] to penultimate features (B, D) with ``forward(x)``;
+its ``classify(x)`` gives class logits (B, num_classes), for classifying generated samples. Metadata (name,
 metric name, input size, channels, normalisation, classes, test accuracy) is stored in the file; see
-``tokgen.metrics.features``. Use it with ``tokgen eval --feature-extractor features_fmnist.pt``.
+``tokgen.metrics.features``. Use it with ``tokgen eval --feature-extractor features_fmnist.safetensors``.
 """
 from __future__ import annotations
 
@@ -14,13 +15,12 @@ import argparse
 import math
 import os
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from ..metrics.datasets import DATA_ACCEPTED, build_data
-from ..metrics.features import FeatureNet, export_feature_extractor, metric_name
+from ..metrics.features import FeatureNet, metric_name, save_feature_extractor
 
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -28,7 +28,8 @@ FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokgen train-features", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help=f"labelled images: {DATA_ACCEPTED}")
-    p.add_argument("--out", required=True, help="TorchScript file to write, e.g. features_fmnist.pt")
+    p.add_argument("--out", required=True,
+                   help="extractor file to write (safetensors weights + config), e.g. features_fmnist.safetensors")
     p.add_argument("--name", help="domain name; the metric is reported as fid_<name> (default: from --data)")
     p.add_argument("--data-root", default="data", help="root folder of fmnist (default ./data)")
     p.add_argument("--image-size", type=int, default=32, help="input side S (default 32)")
@@ -101,9 +102,6 @@ def main(argv: list[str]) -> None:
     test_loader = test.loader(256, args.num_workers)
     mean, std = channel_stats(train_loader)
     model = FeatureNet(train.channels, train.num_classes, args.width, args.feature_dim, mean, std)
-    with warnings.catch_warnings():  # check that export will work: fail now, not after training
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(FeatureNet(train.channels, train.num_classes, args.width, args.feature_dim))
 
     steps = max(1, math.ceil(args.epochs * len(train_loader)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
@@ -144,6 +142,6 @@ def main(argv: list[str]) -> None:
         "methods": {"forward": "(B, C, S, S) in [0, 1] -> features (B, feature_dim)",
                     "classify": "(B, C, S, S) in [0, 1] -> logits (B, num_classes)"},
     })
-    export_feature_extractor(model, args.out, metadata)
+    save_feature_extractor(model, args.out, metadata)
     print(f"test accuracy {acc:.4f} on {len(test)} images ({time.time() - start:.0f}s); wrote {args.out} "
           f"(reported as {metric})")

@@ -5,7 +5,7 @@ Training step: map the images to the flow's space (pixels, or frozen-VAE latents
 nested-dropout prefix per example (``pow2_dual``: every example twice, all K tokens and a pow2 prefix), drop all
 tokens of an example with probability ``token_drop_prob`` (token guidance), and minimise the flow-matching loss
 at logit-normal times + the quantizer's aux losses (+ ``repa_weight`` x the REPA alignment with a frozen
-TorchScript feature network, when configured).
+feature network, when configured).
 
 Validation: the per-budget PSNR and the PNG grid of ``TokenizerModule``, from images *sampled* with ``val_steps``
 Euler steps (guidance ``val_cfg``, seed ``val_seed``), plus ``val/flow_loss`` at fixed times and noise (comparable
@@ -14,26 +14,20 @@ checkpoint's kind is ``flow_tokenizer``, so ``load_tokenizer`` returns a ``FlowT
 """
 from __future__ import annotations
 
-import os
-import warnings
-
 import torch
 
 from ..metrics import to_unit
+from ..metrics.features import load_feature_network
 from ..tokenizers.flow import FlowTokenizer, FlowTokenizerConfig, SamplingOptions, load_encoder_from
 from ..tokenizers.nested_dropout import sample_keep_lengths
 from .tokenizer import OptimConfig, TokenizerModule
 
 
-def load_feature_network(path: str) -> torch.nn.Module:
-    """A frozen TorchScript feature network for REPA: forward(x (B, C, H, W) in [0, 1]) -> (B, D), (B, M, D) or
-    (B, D, h, w)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"REPA feature network {path} not found; expected a TorchScript file (torch.jit.save) "
-                                "taking images in [0, 1], e.g. written by `tokgen train-features`")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        net = torch.jit.load(path, map_location="cpu").eval()
+def load_repa_network(path: str, trust_torchscript: bool = False) -> torch.nn.Module:
+    """A frozen feature network for REPA: forward(x (B, C, H, W) in [0, 1]) -> (B, D), (B, M, D) or (B, D, h, w).
+    A tokgen extractor file (``tokgen train-features``); a TorchScript file only with ``trust_torchscript``."""
+    net = load_feature_network(path, trust_torchscript=trust_torchscript, trust_hint="model.trust_torchscript: true",
+                               what="REPA feature network (repa_features)")[0]
     for p in net.parameters():  # ScriptModules have no requires_grad_()
         p.requires_grad_(False)
     return net
@@ -59,6 +53,7 @@ class FlowModule(TokenizerModule):
         freeze_encoder: bool = False,
         repa_weight: float = 0.0,
         repa_features: str | None = None,
+        trust_torchscript: bool = False,
         val_steps: int = 8,
         val_cfg: float = 1.0,
         val_seed: int = 0,
@@ -75,7 +70,10 @@ class FlowModule(TokenizerModule):
             freeze_encoder: keep the encoder and quantizer fixed (needs init_encoder): only the flow decoder
                 trains, on the tokens of an already trained encoder.
             repa_weight: weight of the REPA alignment loss (0 = off); needs repa_features and tokenizer.repa_depth > 0.
-            repa_features: TorchScript feature network (images in [0, 1] -> features) for REPA.
+            repa_features: feature network file for REPA (images in [0, 1] -> features): safetensors weights of a
+                tokgen class (``tokgen train-features``); loaded in ``setup``.
+            trust_torchscript: also accept a TorchScript repa_features file (deprecated). TorchScript runs code
+                stored in the file: only for files you trust.
             val_steps, val_cfg, val_seed: how validation samples its reconstructions.
         """
         tokenizer = tokenizer or FlowTokenizerConfig()
@@ -94,7 +92,7 @@ class FlowModule(TokenizerModule):
         if repa_weight < 0:
             raise ValueError(f"repa_weight={repa_weight} must be >= 0")
         if repa_weight > 0 and (not repa_features or tokenizer.repa_depth == 0):
-            raise ValueError(f"repa_weight={repa_weight} needs repa_features (a TorchScript feature network) and "
+            raise ValueError(f"repa_weight={repa_weight} needs repa_features (a feature network file) and "
                              f"tokenizer.repa_depth > 0 with tokenizer.repa_dim = its feature channels; got "
                              f"repa_features={repa_features!r}, repa_depth={tokenizer.repa_depth}")
         super().__init__(tokenizer=tokenizer, optim=optim, nested_dropout=nested_dropout,
@@ -115,13 +113,14 @@ class FlowModule(TokenizerModule):
                         params[name].requires_grad_(False)
         self.repa_weight, self.repa_features = repa_weight, repa_features
         self.val_steps, self.val_cfg, self.val_seed = val_steps, val_cfg, val_seed
-        self._repa_net: list = []  # kept out of the state dict (frozen)
+        self.trust_torchscript = trust_torchscript
+        self._repa_net: list = []  # kept out of the state dict (frozen); loaded in setup
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         self.tokenizer.vae  # noqa: B018 -- latent mode: load the frozen VAE now (clear error naming a missing path)
-        if self.repa_weight > 0 and not self._repa_net:
-            self._repa_net.append(load_feature_network(self.repa_features))
+        if self.repa_weight > 0 and not self._repa_net:  # here, not in __init__: the CLI reports this error in one line
+            self._repa_net.append(load_repa_network(self.repa_features, self.trust_torchscript))
 
     def repa_target(self, images: torch.Tensor) -> torch.Tensor | None:
         if not self._repa_net:

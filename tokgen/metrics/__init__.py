@@ -1,7 +1,7 @@
-"""Reconstruction and generation metrics: PSNR/SSIM/LPIPS, Fréchet distances (Inception FID and any TorchScript
-feature space), per-budget evaluation of tokenizers and scoring of sample folders."""
+"""Reconstruction and generation metrics: PSNR/SSIM/LPIPS, Fréchet distances (Inception FID and the feature
+space of any tokgen extractor file), per-budget evaluation of tokenizers and scoring of sample folders."""
 from .evaluate import EvalReport, evaluate_samples, evaluate_tokenizer, write_report
-from .features import FeatureExtractor, FeatureNet, export_feature_extractor
+from .features import FeatureExtractor, FeatureNet, load_feature_network, save_feature_extractor
 from .fid import (
     FrechetPerBudget,
     InceptionFeatures,
@@ -21,11 +21,12 @@ __all__ = [
     "RealStatsCache",
     "evaluate_samples",
     "evaluate_tokenizer",
-    "export_feature_extractor",
     "find_inception_weights",
     "frechet_distance",
     "gaussian_stats",
+    "load_feature_network",
     "psnr",
+    "save_feature_extractor",
     "ssim",
     "to_uint8",
     "to_unit",
