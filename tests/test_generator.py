@@ -162,20 +162,22 @@ def test_sample_next_greedy_top_k_top_p_and_distribution():
 
 
 class FakeHead(nn.Module):
-    """Stands in for the (first-stage) output layer: code 3 is likely, EOS (the last logit) wins for row 0
-    from the 3rd call on, never for row 1."""
+    """Stands in for the (first-stage) output layer of a 2-row batch: code 3 is likely, EOS (the last logit)
+    wins for row 0 from the 3rd call on, never for row 1. Rows that end leave the batch, so once the batch has
+    shrunk to row 1 alone no row ends any more; ``rows`` records the batch size of every call."""
 
     def __init__(self, size):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(size, 1))
-        self.calls, self.size = 0, size
+        self.calls, self.size, self.rows = 0, size, []
 
     def forward(self, x):
         logits = torch.zeros(x.shape[0], self.size)
         logits[:, 3] = 10.0
-        if self.calls >= 2:
-            logits[0::2, -1] = 20.0  # conditional rows and null rows alike (row 0 of each half)
+        if self.calls >= 2 and x.shape[0] == 2:
+            logits[0, -1] = 20.0
         self.calls += 1
+        self.rows.append(x.shape[0])
         return logits
 
 
@@ -186,12 +188,59 @@ def test_eos_stops_a_row_and_fixed_budget_never_samples_eos(factors):
     model.head = FakeHead(model.config.output_size)
     codes, lengths = generate(model, torch.tensor([0, 1]), 10, stop_at_eos=True, temperature=0)
     assert lengths.tolist() == [2, 10]
+    assert model.head.rows == [2, 2, 2] + [1] * 7  # row 0 left the batch at its EOS (3rd call)
     assert (codes[0, :2] // n1 == 3).all() and (codes[0, 2:] == 0).all() and (codes[1] // n1 == 3).all()
     model.head = FakeHead(model.config.output_size)
     codes, lengths = generate(model, torch.tensor([0, 1]), 10, temperature=0)
     assert (lengths == 10).all() and (codes // n1 == 3).all()  # EOS masked out at a fixed budget
     with pytest.raises(ValueError, match="use_eos"):
         generate(tiny(), torch.tensor([0]), 4, stop_at_eos=True)
+
+
+@pytest.mark.parametrize("cfg,factors,use_cache,slots", [(1.0, None, True, None), (3.0, None, True, None),
+                                                         (3.0, [5, 10], True, None), (3.0, None, False, None),
+                                                         (1.0, None, True, 3), (3.0, [5, 10], True, 3)])
+def test_rows_end_independently_and_match_rows_generated_alone(cfg, factors, use_cache, slots):
+    """With EOS made likely, rows of one batch end at different steps and leave it (or, with ``slots``, hand
+    their slot to the next waiting sample); every row's codes and length equal those of the same row generated
+    alone with the same uniforms, so leaving the batch and refilling slots change nothing but the cost."""
+    model = tiny(use_eos=True, vocab_factors=factors)
+    with torch.no_grad():
+        model.head.weight[-1] *= 0  # the EOS logit: a large constant through the normed hidden state's mean
+        model.head.weight[-1] += 0.35
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    uniforms = torch.rand(8, 24, generator=torch.Generator().manual_seed(0))
+    codes, lengths = generate(model, labels, 10, stop_at_eos=True, cfg_scale=cfg, uniforms=uniforms,
+                              use_cache=use_cache, slots=slots)
+    assert 1 < len(set(lengths.tolist())), lengths  # rows really end at different steps
+    assert (lengths < 10).any() and (lengths > 0).any()
+    for i in range(8):
+        one_codes, one_length = generate(model, labels[i : i + 1], 10, stop_at_eos=True, cfg_scale=cfg,
+                                         uniforms=uniforms[i : i + 1], use_cache=use_cache)
+        assert one_length.item() == lengths[i].item()
+        assert torch.equal(one_codes[0], codes[i])
+        assert (codes[i, lengths[i]:] == 0).all()
+
+
+def test_slots_are_refilled_so_the_batch_stays_full():
+    """8 samples through 3 slots: every decode call runs 3 rows until fewer than 3 samples are left, and the
+    number of calls is the sum of the samples' decode steps divided by 3 (rounded up, plus the tail)."""
+    model = tiny(use_eos=True)
+    with torch.no_grad():
+        model.head.weight[-1] *= 0
+        model.head.weight[-1] += 0.35
+    batch_rows = []
+    model.head.register_forward_hook(lambda m, i, o: batch_rows.append(o.shape[0]))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    uniforms = torch.rand(8, 12, generator=torch.Generator().manual_seed(0))
+    _, lengths = generate(model, labels, 10, stop_at_eos=True, uniforms=uniforms, slots=3)
+    steps = torch.where(lengths < 10, lengths + 1, lengths)  # a sample that ends at EOS spends one call on it
+    assert sum(batch_rows) == int(steps.sum())  # no call is spent on a finished sample
+    full = [r for r in batch_rows if r == 3]
+    assert batch_rows[: len(full)] == full and len(full) >= (int(steps.sum()) - 3 * 10) // 3
+    assert batch_rows == sorted(batch_rows, reverse=True)  # slots only leave once nothing waits
+    with pytest.raises(ValueError, match="slots needs stop_at_eos"):
+        generate(model, labels, 10, slots=3)
 
 
 def test_build_targets_with_eos():

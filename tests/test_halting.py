@@ -226,6 +226,11 @@ def test_eval_adaptive_and_tokenize_target_error(tmp_path, tiny_config):
     want_codes, want_lengths = tok.encode(torch.stack([dataset[i]["image"] for i in range(12)]), target_error=0.1)
     assert index["target_error"] == 0.1 and torch.equal(lengths.long(), want_lengths)
     assert torch.equal(codes.long(), want_codes) and lengths.unique().numel() > 1
+    # the length distribution: in the index and as a histogram PNG beside the shards
+    assert index["lengths"]["histogram"] == torch.bincount(lengths.long(), minlength=9).tolist()
+    assert abs(index["lengths"]["mean"] - lengths.float().mean().item()) < 1e-6
+    assert set(index["lengths"]["per_class_mean"]) <= {"0", "1", "2", "3"}
+    assert (tokens / "lengths.png").stat().st_size > 0
 
     # bad inputs: eps outside the range, a fixed-length checkpoint, a flag that does not apply
     def error(argv):

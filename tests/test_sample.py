@@ -161,3 +161,36 @@ def test_classifier_accuracy_per_budget(models, tmp_path):
     assert result["accuracy"] == {2: pytest.approx(1 / 3), 8: pytest.approx(1 / 3)}
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["accuracy"] == {"2": pytest.approx(1 / 3), "8": pytest.approx(1 / 3)} and report["classes"] == [0, 1, 2]
+
+
+def test_eos_sampling_reports_each_samples_length(models, tmp_path):
+    """--eos: every sample ends at its own EOS (streamed through --batch-size slots); the lengths in the
+    metrics JSON equal a direct `generate` of the same samples, the grid and the length histogram (against
+    a token folder's lengths) are written."""
+    import json
+
+    from tokgen.generator import generate, sample_uniforms
+
+    tok, _ = models
+    gen = save_generator(tmp_path / "gen_eos.ckpt", tok, use_eos=True)
+    ckpt = torch.load(gen, weights_only=True)
+    head = ckpt["state_dict"]["generator.head.weight"]
+    head[-1] = 0.35  # EOS likely, so the lengths spread over 1..8
+    torch.save(ckpt, gen)
+    tokens = tmp_path / "tokens"
+    main(["tokenize", "--ckpt", tok, "--data", "shapes", "--out", str(tokens), "--limit", "20", "--no-progress"])
+    metrics = tmp_path / "m.json"
+    main(["sample", "--tokenizer", tok, "--generator", gen, "--eos", "--num", "5", "--batch-size", "4",
+          "--out", str(tmp_path / "s.png"), "--metrics-json", str(metrics), "--data-lengths", str(tokens)])
+    report = json.loads(metrics.read_text())["lengths"]["8"]
+    model = GPT.from_checkpoint(gen)
+    labels = torch.tensor([c for c in range(3) for _ in range(5)])
+    _, want = generate(model, labels, 8, stop_at_eos=True, uniforms=sample_uniforms(0, range(15), 8))
+    assert report["sampled"]["histogram"] == torch.bincount(want, minlength=9).tolist()
+    assert len(set(want.tolist())) > 1 and want.min() >= 1
+    assert report["sampled"]["per_class_mean"]["1"] == want[5:10].float().mean().item()
+    assert report["data"]["mean"] == 8.0 and abs(report["mean_ratio"] - want.float().mean().item() / 8) < 1e-6
+    assert os.path.getsize(report["histogram"]) > 0 and report["histogram"].endswith("s_lengths.png")
+    assert Image.open(tmp_path / "s.png").size[1] == 3 * (64 + 2)  # one row per class, tiles upscaled to 64 px
+    assert "needs --eos" in cli_error(["sample", "--tokenizer", tok, "--generator", gen, "--data-lengths",
+                                       str(tokens), "--out", str(tmp_path / "x.png")])

@@ -48,7 +48,13 @@ def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy); default 1")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--eos", action="store_true", help="stop at end-of-sequence (generators trained with use_eos)")
+    p.add_argument("--eos", action="store_true",
+                   help="each sample ends where the generator puts end-of-sequence (generators trained with use_eos); "
+                        "--budget is then the cap. Samples stream through --batch-size slots, a finished sample's "
+                        "slot taking the next one, and their lengths go to --metrics-json and <out>_lengths.png")
+    p.add_argument("--data-lengths", default=None,
+                   help="with --eos: a token-shard folder (`tokgen tokenize`) whose length distribution the sampled "
+                        "one is compared with (JSON and histogram)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses randomness derived from (seed, i)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per generation batch (default 64)")
     p.add_argument("--out", default=None, help="grid PNG (default samples.png; video tokenizers: a tiled .gif or "
@@ -127,9 +133,10 @@ def plan_samples(args, classes: list[int | None]) -> tuple[list, list[list[int]]
 
 
 def generate_budgets(model: GPT, args, idx: list[int], labels: list, budgets: list[int], device,
-                     shared: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+                     shared: bool, slots: int | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Codes (B, b) and lengths (B,) <= b per budget b for the samples ``idx`` (sample i has class labels[i]);
-    with ``shared`` one generation at the largest budget serves every budget (its prefixes), else one per budget."""
+    with ``shared`` one generation at the largest budget serves every budget (its prefixes), else one per budget.
+    ``slots`` (with --eos): the samples stream through that many decode slots (see ``generate``)."""
     u = sample_uniforms(args.seed, idx, max(budgets) * model.config.draws_per_token)
     lab = None if labels[idx[0]] is None else torch.tensor([labels[i] for i in idx], device=device)
     outputs = {}
@@ -137,7 +144,7 @@ def generate_budgets(model: GPT, args, idx: list[int], labels: list, budgets: li
         outputs[k] = generate(
             model, lab, k, batch_size=len(idx), cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule,
             temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, stop_at_eos=args.eos,
-            uniforms=u)
+            slots=slots, uniforms=u)
     return {b: (codes[:, :b], lengths.clamp(max=b))
             for b in budgets for codes, lengths in [outputs.get(b, outputs[max(budgets)])]}
 
@@ -229,11 +236,27 @@ def run(args: argparse.Namespace) -> dict:
     shared = args.cfg_schedule == "constant" or args.cfg == 1.0
     shared = shared and not args.eos
 
+    data_lengths = None
+    if args.data_lengths is not None:
+        if not args.eos:
+            raise ValueError("--data-lengths compares the lengths the generator chooses: it needs --eos")
+        data_lengths = shard_lengths(args.data_lengths, max(budgets))
+
     grid: dict[int, list] = {b: [] for b in budgets}
     hits: dict[int, list] = {b: [0, 0] for b in budgets}  # correct, total (with --classifier)
+    sampled: dict[int, list] = {b: [] for b in budgets}  # (sample index, length) with --eos
     with state.split_between_processes(batches) as my_batches:
+        streamed = None
+        if args.eos and my_batches:  # one stream through batch-size slots: the cost follows the sum of lengths
+            flat = [i for idx in my_batches for i in idx]
+            streamed = generate_budgets(model, args, flat, labels, budgets, device, shared, slots=args.batch_size)
+        start = 0
         for idx in my_batches:
-            outputs = generate_budgets(model, args, idx, labels, budgets, device, shared)
+            if streamed is None:
+                outputs = generate_budgets(model, args, idx, labels, budgets, device, shared)
+            else:
+                outputs = {b: (c[start:start + len(idx)], n[start:start + len(idx)]) for b, (c, n) in streamed.items()}
+                start += len(idx)
             for b in budgets:
                 codes, lengths = outputs[b]
                 with torch.no_grad():
@@ -247,6 +270,8 @@ def run(args: argparse.Namespace) -> dict:
                     predicted = classify(classifier, images)
                     hits[b][0] += int((predicted == torch.tensor([labels[i] for i in idx])).sum())
                     hits[b][1] += len(idx)
+                if args.eos:
+                    sampled[b] += list(zip(idx, lengths.tolist()))
                 for j, i in enumerate(idx):
                     if args.out_dir:
                         folder = os.path.join(args.out_dir, f"k{b}")
@@ -254,12 +279,13 @@ def run(args: argparse.Namespace) -> dict:
                         name = f"{i:06d}.png" if labels[i] is None else f"{i:06d}_c{labels[i]}.png"
                         _save_png(images[j], os.path.join(folder, name), Image)
                     if i in grid_members:
-                        grid[b].append((i, images[j]))
+                        grid[b].append((i, images[j], int(lengths[j])))
 
-    written, accuracy = {}, {}
+    written, accuracy, length_reports = {}, {}, {}
     for b in budgets:
         members = gather_object(grid[b]) if state.num_processes > 1 else grid[b]
         counts = gather_object([hits[b]]) if state.num_processes > 1 else [hits[b]]
+        chosen = (gather_object(sampled[b]) if state.num_processes > 1 else sampled[b]) if args.eos else None
         if classifier is not None:
             accuracy[b] = sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
         if state.is_main_process:
@@ -268,22 +294,71 @@ def run(args: argparse.Namespace) -> dict:
             nrow = min(args.num, args.grid_cols)
             path = budget_path(args.out, b, len(budgets) > 1)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            _save_png(make_grid(images, nrow=nrow, padding=1, pad_value=255), path, Image)
+            if args.eos:  # each tile captioned with the tokens its sample chose
+                length_reports[b] = report_lengths(chosen, labels, b, data_lengths, path)
+                save_captioned_grid(members, labels, nrow, path)
+            else:
+                _save_png(make_grid(images, nrow=nrow, padding=1, pad_value=255), path, Image)
             written[b] = path
             print(f"budget k={b}: {len(labels)} samples, grid {path}"
                   + (f", images {os.path.join(args.out_dir, f'k{b}')}" if args.out_dir else "")
-                  + (f", classifier accuracy {accuracy[b]:.3f}" if classifier is not None else ""))
+                  + (f", classifier accuracy {accuracy[b]:.3f}" if classifier is not None else "")
+                  + (f", mean length {length_reports[b]['sampled']['mean']:.2f} (histogram "
+                     f"{length_reports[b]['histogram']})" if args.eos else ""))
     if state.is_main_process and args.metrics_json:
         report = {"tokenizer": args.tokenizer, "generator": args.generator, "classifier": args.classifier,
                   "samples_per_budget": len(labels), "classes": classes, "cfg": args.cfg,
                   "cfg_schedule": args.cfg_schedule, "temperature": args.temperature, "top_k": args.top_k,
                   "top_p": args.top_p, "seed": args.seed, "grids": {str(b): p for b, p in written.items()},
-                  "accuracy": {str(b): a for b, a in accuracy.items()}}
+                  "accuracy": {str(b): a for b, a in accuracy.items()}, "eos": args.eos}
+        if args.eos:
+            report["lengths"] = {str(b): r for b, r in length_reports.items()}
         os.makedirs(os.path.dirname(os.path.abspath(args.metrics_json)), exist_ok=True)
         with open(args.metrics_json, "w") as f:
             json.dump(report, f, indent=1)
     state.wait_for_everyone()
     return {"grids": written, "accuracy": accuracy} if state.is_main_process else {}
+
+
+def shard_lengths(path: str, cap: int) -> dict:
+    """The length distribution of a token-shard folder (lengths above ``cap`` counted at the cap)."""
+    from ..data.tokens import load_token_shards
+    from ..metrics.lengths import length_summary
+
+    index, _, lengths, labels = load_token_shards(path)
+    return length_summary(lengths.clamp(max=cap), cap, labels if index.get("num_classes") else None)
+
+
+def report_lengths(chosen: list[tuple[int, int]], labels: list, cap: int, data: dict | None, grid_path: str) -> dict:
+    """Summary of the sampled lengths (and the data's), plus ``<grid stem>_lengths.png`` comparing them."""
+    from ..metrics.lengths import length_summary, plot_length_comparison
+
+    chosen = sorted(chosen)
+    lengths = torch.tensor([n for _, n in chosen])
+    classes = None if labels[0] is None else torch.tensor([labels[i] for i, _ in chosen])
+    report = {"sampled": length_summary(lengths, cap, classes)}
+    summaries = {"generated": report["sampled"]}
+    if data is not None:
+        report["data"] = summaries["data"] = data
+        report["mean_ratio"] = report["sampled"]["mean"] / data["mean"]
+    report["histogram"] = os.path.splitext(grid_path)[0] + "_lengths.png"
+    plot_length_comparison(summaries, report["histogram"], title=f"tokens per sample (cap {cap})")
+    return report
+
+
+def save_captioned_grid(members: list[tuple], labels: list, nrow: int, path: str) -> None:
+    """Grid of (index, uint8 image, length) members, one row per class (``nrow`` tiles), each tile captioned
+    with its length."""
+    from ..metrics.evaluate import save_grid
+
+    rows, captions = [], []
+    for cls in dict.fromkeys(labels[i] for i, _, _ in members):
+        group = [m for m in members if labels[m[0]] == cls]
+        for start in range(0, len(group), nrow):
+            part = group[start:start + nrow]
+            rows.append(("" if cls is None else f"c{cls}", torch.stack([m[1] for m in part]).float() / 255))
+            captions.append([str(m[2]) for m in part])
+    save_grid(rows, path, captions=captions)
 
 
 def _save_png(image: torch.Tensor, path: str, Image) -> None:

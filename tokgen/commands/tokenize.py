@@ -18,6 +18,9 @@ trajectories are extracted with the checkpoint's extraction settings. A trajecto
 the number of trajectories of each clip (slots are ordered largest first, so they are a prefix; codes past the
 length are 0), and labels 0 (moving_shapes has no class: the generator is unconditional).
 
+Once the folder is complete, ``index.json`` also holds the length distribution (mean, histogram, mean per class)
+and ``lengths.png`` beside the shards plots it.
+
     tokgen tokenize --ckpt runs/video_moving_shapes_fsq_tiny/checkpoints/last.ckpt --data moving_shapes \\
         --split train --out runs/tokens/moving_shapes_traj_tiny/train
 """
@@ -37,8 +40,11 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..checkpoint import checkpoint_kind
-from ..data.tokens import FORMAT, FORMAT_VERSION, INDEX_NAME, code_dtype, shard_name
+from ..data.tokens import FORMAT, FORMAT_VERSION, INDEX_NAME, code_dtype, load_token_shards, shard_name
 from ..generator.compat import tokenizer_identity
+from ..metrics.lengths import length_summary, plot_length_comparison
+
+LENGTHS_PLOT = "lengths.png"  # written beside the shards once the folder is complete
 
 SPLITS = ("train", "val", "test")
 NAMES = {
@@ -291,6 +297,12 @@ def tokenize(args: argparse.Namespace) -> dict:
             meta["complete"] = len(meta["shards"]) == meta["num_shards"]
             _write_json(index_path, meta)
     bar.close()
+    if meta["complete"]:  # the length distribution, for adaptive tokenizers the point of the shards
+        _, _, lengths, labels = load_token_shards(args.out)
+        meta["lengths"] = length_summary(lengths, meta["num_tokens"], labels if meta["num_classes"] else None)
+        plot_length_comparison({args.split: meta["lengths"]}, os.path.join(args.out, LENGTHS_PLOT),
+                               title="tokens per " + ("clip" if video else "image"))
+        _write_json(index_path, meta)
     return meta
 
 
@@ -298,4 +310,5 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     meta = tokenize(args)
     print(f"wrote {meta['num_examples']} x {meta['num_tokens']} codes ({meta['num_shards']} shards, "
-          f"codebook {meta['codebook_size']}) to {args.out}")
+          f"codebook {meta['codebook_size']}) to {args.out}; mean length {meta['lengths']['mean']:.2f} "
+          f"(histogram {os.path.join(args.out, LENGTHS_PLOT)})")

@@ -91,6 +91,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     stop_at_eos: bool = False,
+    slots: int | None = None,
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
@@ -104,8 +105,12 @@ def generate(
         cfg_scale: classifier-free guidance; 1 = off. Conditional and null-class rows run as one batch of 2B.
         cfg_schedule: "constant" or "linear" (see :func:`cfg_scale_at`).
         temperature, top_k, top_p: logit temperature (0 = greedy), keep the k most likely / the nucleus.
-        stop_at_eos: (models with ``use_eos``) stop a row at its end-of-sequence token; otherwise EOS is
-            never sampled and every row gets exactly ``num_tokens`` codes.
+        stop_at_eos: (models with ``use_eos``) stop a row at its end-of-sequence token (never before its first
+            code, so every sample has 1..num_tokens codes); otherwise EOS is
+            never sampled and every row gets exactly ``num_tokens`` codes. A row that ends leaves the batch.
+        slots: (with ``stop_at_eos`` and the cache) at most this many samples decode at once; when one ends, the
+            next waiting sample takes its slot, so the batch stays full and the cost follows the sum of the
+            samples' lengths, not the longest one. Default: all rows at once.
         uniforms: (B, >= num_tokens * d) uniforms, d = ``model.config.draws_per_token`` per generated code
             (see :func:`sample_uniforms`); None draws them with ``generator``.
         use_cache: False recomputes the whole prefix at every step (reference path for tests/benchmarks).
@@ -145,47 +150,137 @@ def generate(
     rows = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if guided else labels  # (R,)
     codes = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
     lengths = torch.full((B,), num_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
     eos = c.output_size - 1 if c.use_eos else None  # EOS is the last first-stage logit
 
-    def guide(logits: torch.Tensor, t: int) -> torch.Tensor:
+    def guide(logits: torch.Tensor, t) -> torch.Tensor:
+        """Classifier-free guidance at step t (an int, or a (B,) tensor of per-row steps)."""
         if not guided:
             return logits
         cond, uncond = logits.float().chunk(2)
-        return uncond + cfg_scale_at(t, num_tokens, cfg_scale, cfg_schedule) * (cond - uncond)
+        scale = cfg_scale_at(t, num_tokens, cfg_scale, cfg_schedule)
+        if isinstance(scale, torch.Tensor):
+            scale = scale[:, None]
+        return uncond + scale * (cond - uncond)
 
+    if stop_at_eos and use_cache:
+        return decode_in_slots(model, rows, num_tokens, slots or B, guided, guide, uniforms, temperature, top_k,
+                               top_p, cache_dtype)
+    if slots is not None:
+        raise ValueError("slots needs stop_at_eos=True and use_cache=True (fixed budgets decode all rows at once)")
+
+    # Rows still generating: ``active`` indexes the output rows, ``active_rows`` their conditions (conditional
+    # rows then null-class rows when guided). A row that samples EOS leaves the batch (and its KV cache), so a
+    # batch's cost follows the sum of its rows' lengths, not its longest row.
+    active = torch.arange(B, device=device)
+    active_rows = rows
     if use_cache:
         caches = model.new_cache(rows.shape[0], num_tokens, dtype=cache_dtype)  # condition + first k-1 codes
         logits, hidden = model.forward_cached(model.class_embedding(rows)[:, None], 0, caches)
     for t in range(num_tokens):
         if not use_cache:
-            prefix = codes[:, :t].repeat(2, 1) if guided else codes[:, :t]
-            logits, hidden = model(prefix, rows, last_only=True, return_hidden=True)
+            prefix = codes[active, :t]
+            prefix = prefix.repeat(2, 1) if guided else prefix
+            logits, hidden = model(prefix, active_rows, last_only=True, return_hidden=True)
             logits, hidden = logits[:, -1], hidden[:, -1]
         logits = guide(logits, t)
-        if eos is not None and not stop_at_eos:
+        if eos is not None and (not stop_at_eos or t == 0):  # a sample has at least one code
             logits = logits.clone()
             logits[:, eos] = float("-inf")
-        token = sample_next(logits, uniforms[:, t * draws], temperature, top_k, top_p)
+        u = uniforms[active]
+        token = sample_next(logits, u[:, t * draws], temperature, top_k, top_p)
         ended = token == eos if stop_at_eos else None
         if model.factorized is not None:  # second stage: the low factor given the chosen high factor
             hi = token.clamp(max=c.vocab_factors[0] - 1)  # rows that chose EOS: any valid index, result unused
             lo_logits = guide(model.lo_logits(hidden, hi.repeat(2) if guided else hi), t)
-            lo = sample_next(lo_logits, uniforms[:, t * draws + 1], temperature, top_k, top_p)
+            lo = sample_next(lo_logits, u[:, t * draws + 1], temperature, top_k, top_p)
             token = hi * model.factorized.n1 + lo
-        if stop_at_eos:
-            ended = ended & ~finished
-            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
-            finished = finished | ended
-            token = token.masked_fill(finished, 0)
-            codes[:, t] = token
-            if bool(finished.all()):
+        if ended is not None and bool(ended.any()):
+            token = token.masked_fill(ended, 0)
+            codes[active, t] = token
+            lengths[active[ended]] = t
+            keep = (~ended).nonzero().squeeze(1)
+            if keep.numel() == 0:
                 break
+            kept_rows = torch.cat([keep, keep + active.numel()]) if guided else keep
+            active, active_rows, token = active[keep], active_rows[kept_rows], token[keep]
+            if use_cache:
+                for cache in caches:
+                    cache.keep_rows(kept_rows)
         else:
-            codes[:, t] = token
+            codes[active, t] = token
         if use_cache and t + 1 < num_tokens:
             feed = token.repeat(2) if guided else token
             logits, hidden = model.forward_cached(model.embed_codes(feed)[:, None], t + 1, caches)
+    return codes, lengths
+
+
+def decode_in_slots(model: GPT, rows: torch.Tensor, num_tokens: int, slots: int, guided: bool, guide,
+                    uniforms: torch.Tensor,
+                    temperature: float, top_k: int | None, top_p: float | None,
+                    cache_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stop-at-EOS decoding with a KV cache, ``slots`` samples at a time (continuous batching).
+
+    Every slot holds one sample at its own step t (codes generated so far) and feeds one input per decode call
+    at sequence position t: its condition at t = 0, then its last code. A sample ends at EOS or after
+    ``num_tokens`` codes; its slot then starts the next waiting sample at position 0 (earlier cache entries of
+    the slot are masked out, see :meth:`KVCache.update`), or leaves the batch when none waits.
+    ``rows``: (B,) conditions, followed by B null-class rows when ``guided``; ``guide(logits, steps)`` applies
+    the guidance. Returns codes (B, num_tokens) and lengths (B,) as :func:`generate`.
+    """
+    c = model.config
+    B = uniforms.shape[0]
+    labels, null = rows[:B], c.num_classes
+    device = rows.device
+    draws, eos = c.draws_per_token, c.output_size - 1
+    codes = torch.zeros(B, num_tokens, dtype=torch.long, device=device)
+    lengths = torch.full((B,), num_tokens, dtype=torch.long, device=device)
+
+    def conditions(samples: torch.Tensor) -> torch.Tensor:  # (S,) sample ids -> (R, dim) first inputs
+        ids = torch.cat([labels[samples], torch.full_like(samples, null)]) if guided else labels[samples]
+        return model.class_embedding(ids)
+
+    S = min(slots, B)
+    sample = torch.arange(S, device=device)  # the sample each slot holds
+    step = torch.zeros(S, dtype=torch.long, device=device)  # its codes so far = the position of its input
+    waiting = S  # next sample to start
+    caches = model.new_cache(2 * S if guided else S, num_tokens, dtype=cache_dtype)
+    x = conditions(sample)
+    while sample.numel():
+        logits, hidden = model.forward_cached(x[:, None], torch.cat([step, step]) if guided else step, caches)
+        logits = guide(logits, step).clone()
+        logits[step == 0, eos] = float("-inf")  # a sample has at least one code
+        u = uniforms[sample]
+        token = sample_next(logits, u.gather(1, (step * draws)[:, None]).squeeze(1), temperature, top_k, top_p)
+        ended = token == eos
+        if model.factorized is not None:  # second stage: the low factor given the chosen high factor
+            hi = token.clamp(max=c.vocab_factors[0] - 1)  # rows that chose EOS: any valid index, result unused
+            lo_logits = guide(model.lo_logits(hidden, hi.repeat(2) if guided else hi), step)
+            lo = sample_next(lo_logits, u.gather(1, (step * draws + 1)[:, None]).squeeze(1), temperature, top_k, top_p)
+            token = hi * model.factorized.n1 + lo
+        token = token.masked_fill(ended, 0)
+        codes[sample, step] = token
+        lengths[sample[ended]] = step[ended]
+        done = ended | (step + 1 == num_tokens)
+        step = step + 1
+        x = model.embed_codes(token.repeat(2) if guided else token)
+        if not bool(done.any()):
+            continue
+        free = done.nonzero().squeeze(1)
+        refill, leave = free[: B - waiting], free[B - waiting:]
+        if refill.numel():  # waiting samples take the free slots, from position 0
+            new = torch.arange(waiting, waiting + refill.numel(), device=device)
+            waiting += refill.numel()
+            sample[refill], step[refill] = new, 0
+            slot_rows = torch.cat([refill, refill + sample.numel()]) if guided else refill
+            x[slot_rows] = conditions(new)
+        if leave.numel():  # nothing waits: these slots leave the batch and the cache
+            keep = torch.ones(sample.numel(), dtype=torch.bool, device=device)
+            keep[leave] = False
+            keep = keep.nonzero().squeeze(1)
+            kept_rows = torch.cat([keep, keep + sample.numel()]) if guided else keep
+            sample, step, x = sample[keep], step[keep], x[kept_rows]
+            for cache in caches:
+                cache.keep_rows(kept_rows)
     return codes, lengths
 
 

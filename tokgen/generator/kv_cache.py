@@ -20,11 +20,25 @@ class KVCache(nn.Module):
             "kv", torch.empty(2, batch_size, num_heads, max_len, head_dim, device=device, dtype=dtype), persistent=False
         )
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: (B, H, T, head_dim) for positions start_pos..start_pos+T-1 -> keys, values (B, H, start_pos+T, hd)."""
+    def update(self, start_pos, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, H, T, head_dim) for positions start_pos..start_pos+T-1 -> keys, values (B, H, start_pos+T, hd).
+
+        ``start_pos`` may also be a (B,) tensor of per-row positions (T = 1): row b is written at its own
+        position, and the keys up to the largest position are returned (the caller masks each row's future)."""
+        if isinstance(start_pos, torch.Tensor):
+            rows = torch.arange(k.shape[0], device=k.device)
+            self.kv[0][rows, :, start_pos] = k[:, :, 0]
+            self.kv[1][rows, :, start_pos] = v[:, :, 0]
+            end = int(start_pos.max()) + 1
+            return self.kv[0, :, :, :end], self.kv[1, :, :, :end]
         end = start_pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to position {end}")
         self.kv[0, :, :, start_pos:end] = k
         self.kv[1, :, :, start_pos:end] = v
         return self.kv[0, :, :, :end], self.kv[1, :, :, :end]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` (1D index tensor), in that order: rows that finished generating leave
+        the cache, so later decode steps compute and read only the rows still running."""
+        self.kv = self.kv[:, rows]

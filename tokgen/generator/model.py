@@ -167,7 +167,10 @@ class Attention(nn.Module):
         start_pos: int = 0,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, dim) at sequence positions start_pos..start_pos+T-1; cos/sin: (T, 1, head_dim)."""
+        """x: (B, T, dim) at sequence positions start_pos..start_pos+T-1; cos/sin: (T, 1, head_dim).
+
+        With a cache, ``start_pos`` may be a (B,) tensor (T = 1, cos/sin (B, 1, 1, head_dim)): each row is at its
+        own position and attends to its own filled cache positions only (rows at different steps in one batch)."""
         B, T, D = x.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).view(B, T, H + 2 * Hkv, hd).split([H, Hkv, Hkv], dim=2)
@@ -177,9 +180,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, hd): the filled part only
             q = q.to(k.dtype)  # a reduced-precision cache (opt-in) halves the bytes each step reads
-        if T == 1:  # one new query attends to everything before it: no mask needed
+        if T == 1:  # one new query attends to everything before it: no mask needed (per-row positions: a mask)
+            mask = None
+            if isinstance(start_pos, torch.Tensor):
+                mask = (torch.arange(k.shape[2], device=x.device) <= start_pos[:, None]).view(B, 1, 1, -1)
             # grouped heads: the G = H / Hkv queries of a key/value head are G rows of one attention call
-            y = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, hd), k, v).view(B, H, 1, hd)
+            y = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, hd), k, v, attn_mask=mask).view(B, H, 1, hd)
         else:
             if Hkv != H:
                 k, v = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, v))
@@ -363,9 +369,10 @@ class GPT(nn.Module):
             for _ in self.blocks
         ]
 
-    def forward_cached(self, x: torch.Tensor, start_pos: int, caches: list[KVCache]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_cached(self, x: torch.Tensor, start_pos: int | torch.Tensor, caches: list[KVCache]) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, dim) embeddings at positions start_pos..start_pos+T-1 -> (logits (B, out), hidden (B, dim))
         of the last position. Keys/values are written into ``caches``; earlier positions must already be there.
+        ``start_pos`` may be a (B,) tensor of per-row positions when T = 1 (rows at different steps).
         """
         cos, sin = self._rope(start_pos, x.shape[1])
         for block, cache in zip(self.blocks, caches):
@@ -373,7 +380,10 @@ class GPT(nn.Module):
         h = self.norm(x[:, -1])
         return self.head(h), h
 
-    def _rope(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope(self, start, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(start, torch.Tensor):  # per-row positions (B,), one position each
+            return self.rope_cos[start].view(-1, 1, 1, self.rope_cos.shape[-1]), \
+                self.rope_sin[start].view(-1, 1, 1, self.rope_sin.shape[-1])
         cos = self.rope_cos[start : start + length].view(length, 1, -1)  # broadcast over (B, T, heads, hd)
         sin = self.rope_sin[start : start + length].view(length, 1, -1)
         return cos, sin

@@ -188,23 +188,12 @@ def adaptive_markdown(report: dict) -> str:
 
 def plot_length_histograms(report: dict, path: str) -> None:
     """One panel per eps: how many images got each length 1..K."""
-    import matplotlib
+    from .lengths import plot_histograms
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = report["results"]
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), squeeze=False, sharey=True)
-    for ax, r in zip(axes[0], results):
-        counts = r["length_histogram"]
-        ax.bar(range(1, len(counts) + 1), counts, width=0.9)
-        ax.axvline(r["mean_tokens"], color="black", lw=1, ls="--")
-        ax.set_title(f"eps={r['eps']:g}: mean {r['mean_tokens']:.1f}, met {r['fraction_met']:.0%}", fontsize=9)
-        ax.set_xlabel("tokens kept")
-    axes[0][0].set_ylabel("images")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_histograms([{"title": f"eps={r['eps']:g}: mean {r['mean_tokens']:.1f}, met {r['fraction_met']:.0%}",
+                      "series": {"halting": [0] + list(r["length_histogram"])},
+                      "means": {"halting": r["mean_tokens"]}} for r in report["results"]],
+                    path, xlabel="tokens kept")
 
 
 def write_adaptive_report(report: dict, out: str) -> dict[str, str]:
