@@ -6,17 +6,24 @@ import os
 import torch
 
 
+def error_summary(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (just ``Type`` when the message is empty, e.g. a bare EOFError)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
+
+
 def load_checkpoint(path: str, map_location: str = "cpu", mmap: bool = False) -> dict:
     """torch.load with weights_only=True and one clear error for missing or corrupt files (``mmap``: map the
     tensors instead of reading them, for a quick look at the metadata)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes; a save that was interrupted?)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, wrong format, pickled objects outside the safe list
         raise ValueError(
-            f"checkpoint {path} is corrupt or not a tokgen/Lightning checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"checkpoint {path} is corrupt or not a tokgen/Lightning checkpoint ({error_summary(err)})"
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict' entry)")

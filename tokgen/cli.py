@@ -11,9 +11,14 @@ import importlib
 import os
 import sys
 
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+
+from .resume import (AtomicCheckpointIO, TrainingRng, check_checkpoint_fits, prepare_checkpoints,
+                     remove_stale_temp_files)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -21,23 +26,39 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 class StepCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also writes the final state when training ends between two scheduled saves (a
     ``max_time`` limit, or ``max_steps`` that is not a multiple of ``every_n_train_steps``): ``last.ckpt`` and the
-    step file then always hold the last optimizer step, so no trained step is lost. (Reads ModelCheckpoint's
-    ``_last_global_step_saved``, private in Lightning 2.x, to avoid writing the same step twice.)"""
+    step file then always hold the last optimizer step, so no trained step is lost. Whether the scheduled save
+    already wrote the final step is read from the public ``best_model_path`` (with no ``monitor`` it is the newest
+    step file). Checkpoints are written through :class:`tokgen.resume.AtomicCheckpointIO` (unless another
+    CheckpointIO is configured), and at the start of a fit the temporary files of saves a kill interrupted are
+    removed."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its local saves atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            remove_stale_temp_files(self.dirpath)
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
         step = trainer.global_step
-        if step == 0 or step == self._last_global_step_saved or self.dirpath is None:
+        if step == 0 or self.dirpath is None or trainer.fast_dev_run:
             return
-        trainer.save_checkpoint(os.path.join(self.dirpath, f"step={step:07d}.ckpt"))
+        metrics = {**trainer.callback_metrics, "step": torch.tensor(step), "epoch": torch.tensor(trainer.current_epoch)}
+        path = self.format_checkpoint_name(metrics)
+        if self.best_model_path == path:
+            return
+        self.best_model_path = path
+        trainer.save_checkpoint(path, self.save_weights_only)
         if self.save_last:
-            trainer.save_checkpoint(os.path.join(self.dirpath, "last.ckpt"))
-        self._last_global_step_saved = step
+            self.last_model_path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
 
 
 class TokgenCLI(LightningCLI):
     """LightningCLI with a checkpoint callback whose folder is fixed under default_root_dir, so
-    ``--ckpt_path last`` always finds ``last.ckpt`` of the previous (killed) run."""
+    ``--ckpt_path last`` always finds ``last.ckpt`` of the previous (killed) run; atomic checkpoint writes, the
+    training random streams in every checkpoint, and ``--ckpt_path`` checked before anything trains."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
@@ -46,13 +67,18 @@ class TokgenCLI(LightningCLI):
             "checkpoint.filename": "step={step:07d}",
             "checkpoint.auto_insert_metric_name": False,
             "checkpoint.save_top_k": -1,
+            "checkpoint.enable_version_counter": False,  # a resumed run rewrites a step file, never step=N-v1
         })
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        root = config.trainer.default_root_dir or os.getcwd()
-        if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        prepare_checkpoints(self.config)
+
+    def before_fit(self) -> None:
+        """Refuse a ``--ckpt_path`` whose weights do not fit the recipe's model, before anything runs."""
+        check_checkpoint_fits(self.config_init[self.subcommand].ckpt_path, self.model, self.subcommand == "fit")
+
+    before_validate = before_test = before_predict = before_fit
 
 
 def lightning_main(args: list[str] | None = None, run: bool = True) -> TokgenCLI:
@@ -66,6 +92,7 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> TokgenCLI
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [TrainingRng()]},
         args=args,
         run=run,
     )

@@ -17,7 +17,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 # ----------------------------------------------------------------------------------------------------
 # Argument checks: each raises ValueError naming the argument, the value and what would be accepted.
@@ -50,8 +51,79 @@ def check_choice(name: str, value: Any, choices: tuple) -> Any:
     return value
 
 
+# ----------------------------------------------------------------------------------------------------
+# Training order that a resumed run re-enters mid-epoch.
+# ----------------------------------------------------------------------------------------------------
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled training order whose epoch ``e`` is a pure function of ``(seed, e)`` (torch's DistributedSampler
+    order: one process, or this rank's share under DDP, so Lightning injects no sampler of its own), and which
+    can start its next pass ``start`` samples into the epoch: a run resumed from a checkpoint written mid-epoch
+    sees exactly the samples the interrupted run had not reached yet, in the same order."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
+                         rank=dist.get_rank() if distributed else 0, shuffle=True, seed=seed)
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at every epoch start; a pending mid-epoch start only holds for its own epoch."""
+        if epoch != self.epoch:
+            self.start = 0
+        super().set_epoch(epoch)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(indices[start:])
+
+
+class ResumableLoader(DataLoader):
+    """Training DataLoader over a :class:`ResumableSampler` (last incomplete batch dropped) that reports its
+    position to Lightning: ``state_dict()`` = ``{"epoch", "batches"}`` (batches handed out in the current epoch)
+    goes into every checkpoint, and ``load_state_dict`` makes the next pass skip those batches, so
+    ``--ckpt_path`` resumes the data order mid-epoch instead of restarting the epoch. The count is taken where the
+    batches leave the loader, so worker prefetching does not shift it. Other DataLoader arguments pass through
+    (Lightning rebuilds the loader with another sampler for ``overfit_batches``; it then has no position)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int = 1, seed: int = 0, num_workers: int = 0, **kwargs) -> None:
+        kwargs.setdefault("sampler", ResumableSampler(dataset, seed))
+        kwargs.setdefault("drop_last", True)
+        kwargs.setdefault("generator", torch.Generator().manual_seed(seed))  # worker seeds, not the global RNG
+        kwargs.setdefault("persistent_workers", num_workers > 0)
+        kwargs.setdefault("pin_memory", torch.cuda.is_available())
+        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        self.seed = seed
+        self.batches = 0
+
+    def __iter__(self):
+        resumable = isinstance(self.sampler, ResumableSampler)
+        self.batches = self.sampler.start // self.batch_size if resumable else 0
+        for batch in super().__iter__():
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        if not isinstance(self.sampler, ResumableSampler):
+            return {}
+        return {"epoch": self.sampler.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state or not isinstance(self.sampler, ResumableSampler):
+            return
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):  # saved after the epoch's last batch: the next pass is the next epoch
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = batches * self.batch_size
+        self.batches = batches
+
+
 class ImageDataModule(L.LightningDataModule):
-    """Common loaders for image datamodules.
+    """Common loaders for image datamodules: the training loader is a :class:`ResumableLoader` (order seeded
+    by ``seed`` and the epoch, resumable mid-epoch), validation and test loaders keep the dataset order.
 
     Args:
         batch_size: training batch size; the last incomplete training batch is dropped.
@@ -95,13 +167,13 @@ class ImageDataModule(L.LightningDataModule):
                 f"batch_size={batch_size} is larger than the {split} set ({len(dataset)} images); "
                 f"use a batch_size <= {len(dataset)}"
             )
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        if shuffle:
+            return ResumableLoader(dataset, batch_size, self.seed, self.num_workers)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
-            generator=generator,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds, not drawn from the training RNG
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

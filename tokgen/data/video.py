@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import check_choice, check_int
+from .base import ResumableLoader, check_choice, check_int
 from .shapes import KINDS, _min_distance, _random_colour
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
@@ -399,8 +399,9 @@ class VideoDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if shuffle and len(dataset) < batch_size:
             raise ValueError(f"batch_size={batch_size} is larger than the train set ({len(dataset)} clips)")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
+        if shuffle:
+            return ResumableLoader(dataset, batch_size, self.seed, self.num_workers)
+        return DataLoader(dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(self.seed),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
