@@ -329,3 +329,25 @@ def test_trainer_consumes_shapes_datamodule(tmp_path):
     trainer.fit(Probe(), datamodule=dm)
     assert trainer.global_step == 4
     assert dm.hparams.image_size == 16
+
+
+def test_flat_folder_is_detected_and_split_by_file(tmp_path):
+    """A flat folder of photos (no class subfolders) works with the defaults: one class, ``val_size`` files held
+    out (disjoint from training), the held-out files in a seeded random order (so a grid of the first validation
+    images is not the first file names), grey output with channels=1."""
+    root = tmp_path / "photos"
+    for i in range(30):
+        _write_png(root / f"photo{i // 10}_{i:03d}.png", (12, 12), (8 * i, 255 - 8 * i, 100))
+    dm = ImageFolderDataModule(root=str(root), image_size=8, val_size=6, channels=1, seed=0)
+    assert dm.class_subfolders is False and dm.num_classes == 1
+    dm.setup("fit")
+    val = [p for p, _ in dm.val_set.samples]
+    assert len(val) == 6 and len(dm.train_set) == 24
+    assert set(val).isdisjoint(p for p, _ in dm.train_set.samples)
+    assert val != sorted(val)  # random order, from all over the folder
+    assert len({os.path.basename(p)[:6] for p in val}) > 1  # from more than one photo
+    assert dm.val_set[0]["image"].shape == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"val_size=30 leaves no training image.*accepted 1..29"):
+        ImageFolderDataModule(root=str(root), image_size=8, val_size=30).setup("fit")
+    with pytest.raises(ValueError, match="channels must be 1 .* or 3 .*got 2"):
+        ImageFolderDataModule(root=str(root), channels=2)

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "torch hub cache)")
     p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default alex)")
     p.add_argument("--num-images", type=int, help="first N images of the split (default: all)")
+    p.add_argument("--floors", action="store_true", help="also report two PSNR floors on the same images: the mean "
+                   "image and 4x4 block means (a second pass over the data)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out", help="report JSON path (default: <run>/eval/<data>_<split>.json for --ckpt, "
@@ -106,12 +108,13 @@ def parse_samples(items: list[str]) -> dict[str, str]:
 
 def data_name(spec: str) -> str:
     if spec.startswith("folder:"):
-        return os.path.basename(os.path.normpath(spec[len("folder:"):])) or "folder"
+        return "folder_" + (os.path.basename(os.path.normpath(spec[len("folder:"):])) or "root")
     return os.path.splitext(os.path.basename(spec))[0]
 
 
 def default_out(args) -> str:
-    name = f"{data_name(args.data)}_{args.split}"
+    # a folder is scored whole (--split does not apply to it), so its name alone names the report
+    name = data_name(args.data) if args.data.startswith("folder:") else f"{data_name(args.data)}_{args.split}"
     if args.ckpt:
         folder = os.path.dirname(os.path.abspath(args.ckpt))
         run = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
@@ -197,7 +200,10 @@ def main(argv: list[str]) -> None:
         paired = [m for m in metrics if m in PAIRED_METRICS]
         report, grid = evaluate_tokenizer(tokenizer, data, budgets, paired, extractors, lpips_model,
                                           batch_size=args.batch_size, num_workers=args.num_workers, cache=cache,
-                                          grid_images=args.grid_images, progress=progress)
+                                          grid_images=args.grid_images, progress=progress, floors=args.floors)
+        note = fixed_length_note(args.ckpt, budgets, tokenizer.num_tokens)
+        if note:
+            report.info["note"] = note
         report.info["checkpoint"] = os.path.abspath(args.ckpt)
         report.info["weights"] = "raw" if args.no_ema else "ema (when present)"
         if flow_sampling is not None:
@@ -221,6 +227,20 @@ def main(argv: list[str]) -> None:
     if enc:
         print(f"\nencode: {enc['images/s']:.0f} images/s ({enc['tokens/s']:.0f} tokens/s); {report.info['num_images']} images")
     print("wrote " + ", ".join(paths.values()), file=sys.stderr)
+
+
+def fixed_length_note(path: str, budgets: list[int], K: int) -> str | None:
+    """A note when a checkpoint trained without nested dropout is scored at k < K (its prefixes are untrained)."""
+    from ..checkpoint import load_checkpoint
+
+    nested = (load_checkpoint(path, mmap=True).get("tokgen") or {}).get("nested_dropout")  # None: not recorded
+    if nested != "none" or min(budgets) >= K:
+        return None
+    note = (f"{path} was trained fixed-length (nested_dropout: none): only k = {K} is a trained budget; its "
+            f"shorter prefixes decode untrained and can score below the mean-image floor. Train a nested recipe "
+            f"(e.g. configs/tokenizer/folder_small.yaml) for any-prefix decoding.")
+    print(f"tokgen eval: note: {note}", file=sys.stderr)
+    return note
 
 
 def parse_target_errors(text: str) -> list[float]:

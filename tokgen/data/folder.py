@@ -1,4 +1,5 @@
-"""A folder of image files (ImageNet-style class subfolders, or any tree of images) as a datamodule.
+"""A folder of image files (a flat folder of your own photos, ImageNet-style class subfolders, or any tree of
+images) as a datamodule.
 
 Layout with ``class_subfolders=True`` (labels = index of the first-level subfolder, names sorted)::
 
@@ -6,13 +7,17 @@ Layout with ``class_subfolders=True`` (labels = index of the first-level subfold
       n01440764/ a.JPEG, b.JPEG, ...      -> label 0
       n01443537/ ...                       -> label 1
 
-With ``class_subfolders=False`` every image under ``root`` (searched recursively) gets label 0.
+With ``class_subfolders=False`` every image under ``root`` (searched recursively) gets label 0. The default
+(None) decides from the folder: image files directly in ``root`` -> one class (flat folder, recursive);
+otherwise class subfolders.
 
-Transform: RGB, resize the shorter side to ``image_size`` (bicubic, antialiased), center crop to
-``image_size`` x ``image_size``, scale to [-1, 1]; random horizontal flip on the training split only.
+Transform: RGB (or grey with ``channels=1``), resize the shorter side to ``image_size`` (bicubic, antialiased),
+center crop to ``image_size`` x ``image_size``, scale to [-1, 1]; random horizontal flip on the training split only.
 
-Validation comes from ``val_root`` (same layout and class names) or, when it is None, from a
-deterministic ``val_fraction`` split of ``root`` drawn with ``seed``. Test = validation.
+Validation comes from ``val_root`` (same layout and class names) or, when it is None, from a deterministic
+split of ``root`` by file (``val_size`` files, or a ``val_fraction`` of them) drawn with ``seed``; the held-out
+files are kept in that random order, so the first validation images (the grid) come from all over the folder
+rather than from the first few file names. Test = validation.
 
 Paths are only checked in ``setup()``, so recipes that point at e.g. /data/imagenet can be built on
 machines without the data. ``num_classes`` is known right after ``__init__`` when it is passed
@@ -37,12 +42,14 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class ImageFileDataset(Dataset):
-    """List of (path, label) -> {"image": (3, S, S) in [-1, 1], "label": int64}."""
+    """List of (path, label) -> {"image": (C, S, S) in [-1, 1], "label": int64}; C = 3 (RGB) or 1 (grey)."""
 
-    def __init__(self, samples: list[tuple[str, int]], image_size: int, random_flip: bool = False) -> None:
+    def __init__(self, samples: list[tuple[str, int]], image_size: int, random_flip: bool = False,
+                 channels: int = 3) -> None:
         self.samples = samples
         self.image_size = image_size
         self.random_flip = random_flip
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,13 +57,18 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, label = self.samples[index]
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = img.convert("RGB" if self.channels == 3 else "L")
         img = TF.resize(img, self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
         img = TF.center_crop(img, [self.image_size, self.image_size])
-        image = TF.pil_to_tensor(img).float().div_(127.5).sub_(1.0)  # (3, S, S) in [-1, 1]
+        image = TF.pil_to_tensor(img).float().div_(127.5).sub_(1.0)  # (C, S, S) in [-1, 1]
         if self.random_flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return {"image": image, "label": torch.tensor(label, dtype=torch.int64)}
+
+
+def has_top_level_images(root: str, extensions: tuple[str, ...]) -> bool:
+    """Whether ``root`` holds accepted image files directly (a flat folder rather than class subfolders)."""
+    return any(e.is_file() and e.name.lower().endswith(extensions) for e in os.scandir(root))
 
 
 def _class_names(root: str) -> list[str]:
@@ -79,8 +91,11 @@ class ImageFolderDataModule(ImageDataModule):
         root: training images.
         image_size: output side S; images are resized (shorter side) and center-cropped to S x S.
         val_root: validation images with the same class subfolders; None -> split ``root``.
-        val_fraction: fraction of ``root`` held out for validation when ``val_root`` is None (0 < f < 1).
-        class_subfolders: labels from first-level subfolders; False -> label 0, images found recursively.
+        val_fraction: fraction of ``root``'s files held out for validation when ``val_root`` is None (0 < f < 1).
+        val_size: number of ``root``'s files held out instead of a fraction (takes precedence over val_fraction).
+        class_subfolders: labels from first-level subfolders; False -> label 0, images found recursively;
+            None (default) -> False when ``root`` holds image files directly, else True.
+        channels: 3 (RGB) or 1 (grey).
         extensions: accepted file extensions (case-insensitive).
         random_flip: random horizontal flips of training images.
         num_classes: optional; checked against the subfolders in ``setup()``. Needed to know the number
@@ -93,7 +108,9 @@ class ImageFolderDataModule(ImageDataModule):
         image_size: int = 256,
         val_root: str | None = None,
         val_fraction: float = 0.01,
-        class_subfolders: bool = True,
+        val_size: int | None = None,
+        class_subfolders: bool | None = None,
+        channels: int = 3,
         extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
         random_flip: bool = True,
         num_classes: int | None = None,
@@ -106,18 +123,23 @@ class ImageFolderDataModule(ImageDataModule):
         self.root = str(root)
         self.val_root = None if val_root is None else str(val_root)
         self.image_size = check_int("image_size", image_size, minimum=8)
-        self.channels = 3
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+        self.channels = channels
         if not (isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and 0 < val_fraction < 1):
             raise ValueError(f"val_fraction must be a float in (0, 1), got {val_fraction!r}")
         self.val_fraction = float(val_fraction)
-        self.class_subfolders = bool(class_subfolders)
+        self.val_size = None if val_size is None else check_int("val_size", val_size, minimum=1)
+        if class_subfolders is None and os.path.isdir(self.root):
+            class_subfolders = not has_top_level_images(self.root, self.extensions_of(extensions))
+        self.class_subfolders = class_subfolders if class_subfolders is None else bool(class_subfolders)
         if isinstance(extensions, str) or not extensions or not all(isinstance(e, str) and e for e in extensions):
             raise ValueError(f"extensions must be a non-empty list of file extensions like '.png', got {extensions!r}")
-        self.extensions = tuple("." + e.lower().lstrip(".") for e in extensions)
+        self.extensions = self.extensions_of(extensions)
         self.random_flip = bool(random_flip)
         if num_classes is not None:
             check_int("num_classes", num_classes, minimum=1)
-        if not self.class_subfolders:
+        if self.class_subfolders is False:
             if num_classes not in (None, 1):
                 raise ValueError(f"num_classes must be 1 (or None) when class_subfolders is false, got {num_classes!r}")
             num_classes = 1
@@ -126,6 +148,11 @@ class ImageFolderDataModule(ImageDataModule):
         self.num_classes = num_classes
         self.classes: list[str] | None = None
         self.save_hyperparameters()
+
+    @staticmethod
+    def extensions_of(extensions) -> tuple[str, ...]:
+        """Accepted extensions, lower case with a leading dot."""
+        return tuple("." + e.lower().lstrip(".") for e in extensions)
 
     # ------------------------------------------------------------------------------------------------
     def _check_dir(self, path: str, name: str) -> None:
@@ -157,8 +184,14 @@ class ImageFolderDataModule(ImageDataModule):
         if self.train_set is not None:
             return
         class_to_idx = None
+        self._check_dir(self.root, "root")
+        if self.class_subfolders is None:  # decided now that root exists
+            self.class_subfolders = not has_top_level_images(self.root, self.extensions)
+            if not self.class_subfolders and self.num_classes not in (None, 1):
+                raise ValueError(f"num_classes={self.num_classes} but root {self.root!r} holds images directly "
+                                 f"(one class); put them in one subfolder per class or drop num_classes")
+            self.num_classes = 1 if not self.class_subfolders else self.num_classes
         if self.class_subfolders:
-            self._check_dir(self.root, "root")
             self.classes = _class_names(self.root)
             if not self.classes:
                 raise FileNotFoundError(
@@ -179,11 +212,15 @@ class ImageFolderDataModule(ImageDataModule):
             if len(samples) < 2:
                 raise ValueError(f"root {self.root!r} holds {len(samples)} image; need >= 2 to split off validation")
             order = np.random.default_rng(self.seed).permutation(len(samples))
-            n_val = min(max(1, round(self.val_fraction * len(samples))), len(samples) - 1)
-            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            if self.val_size is not None and self.val_size >= len(samples):
+                raise ValueError(f"val_size={self.val_size} leaves no training image: root {self.root!r} holds "
+                                 f"{len(samples)} images; accepted 1..{len(samples) - 1}")
+            n_val = self.val_size or min(max(1, round(self.val_fraction * len(samples))), len(samples) - 1)
+            val_idx, train_idx = order[:n_val], np.sort(order[n_val:])  # validation in random order: varied grids
             train_samples = [samples[i] for i in train_idx]
             val_samples = [samples[i] for i in val_idx]
 
-        self.train_set = ImageFileDataset(train_samples, self.image_size, random_flip=self.random_flip)
-        self.val_set = ImageFileDataset(val_samples, self.image_size, random_flip=False)
+        self.train_set = ImageFileDataset(train_samples, self.image_size, random_flip=self.random_flip,
+                                          channels=self.channels)
+        self.val_set = ImageFileDataset(val_samples, self.image_size, random_flip=False, channels=self.channels)
         self.test_set = self.val_set

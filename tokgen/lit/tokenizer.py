@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ..metrics import psnr, to_unit
 from ..tokenizers import Tokenizer1D, TokenizerConfig, power_of_two_budgets, sample_keep_lengths
@@ -125,6 +126,10 @@ class TokenizerModule(L.LightningModule):
                         f"data {name}={got} does not match the tokenizer's {name}={want}; "
                         f"set data.init_args.{name}: {want} or model.tokenizer.{name}: {got}"
                     )
+        if stage == "fit" and self.nested_dropout == "none" and self.tokenizer_config.num_tokens > 1:
+            rank_zero_warn(f"this recipe trains a fixed-length tokenizer (nested_dropout: none): only k = "
+                           f"{self.tokenizer_config.num_tokens} is trained, shorter prefixes in the validation grid "
+                           f"and metrics are not; use a nested recipe for any-prefix decoding")
 
     def eval_tokenizer(self) -> Tokenizer1D:
         """The weights used for validation and export: EMA when enabled."""
@@ -261,6 +266,7 @@ class TokenizerModule(L.LightningModule):
             "loss_config": asdict(self.loss_config),
             "optim_config": asdict(self.optim_config),
             "generator_steps": self.generator_steps,
+            "nested_dropout": self.nested_dropout,  # "none": a fixed-length tokenizer (only k = K is trained)
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

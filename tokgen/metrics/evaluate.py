@@ -65,6 +65,12 @@ class EvalReport:
             cells = [label] + [_fmt(self.metrics[m].get(label)) for m in columns]
             cells += [_fmt(self.throughput[t].get(label), digits=0) for t in thr]
             lines.append("| " + " | ".join(cells) + " |")
+        if self.info.get("floors"):
+            lines.append("")
+            lines.append("PSNR floors on the same images (no tokenizer): " + ", ".join(
+                f"{name.replace('_', ' ')} {value:.2f} dB" for name, value in self.info["floors"].items()))
+        if self.info.get("note"):
+            lines += ["", "Note: " + self.info["note"]]
         return "\n".join(lines)
 
 
@@ -90,11 +96,15 @@ def evaluate_tokenizer(
     cache: RealStatsCache | None = None,
     grid_images: int = 8,
     progress: bool = True,
+    floors: bool = False,
 ) -> tuple[EvalReport, list[tuple[str, torch.Tensor]]]:
     """Reconstruct ``data`` at every budget and score it; returns (report, grid rows [(label, (g, C, H, W) in [0, 1])]).
 
     ``metrics`` picks among psnr, ssim, lpips (``lpips_model`` required for lpips); every extractor in
     ``extractors`` (InceptionFeatures or FeatureExtractor) adds a Fréchet distance under its ``metric_name``.
+    The grid shows ``grid_images`` images spread evenly over the data (not its first files, which in a folder of
+    crops are often one photo). ``floors``: also the PSNR of two codes that need no tokenizer, on the same
+    images (``report.info["floors"]``, see :func:`psnr_floors`), so a budget's PSNR can be read against them.
     """
     unknown = [m for m in metrics if m not in PAIRED_METRICS]
     if unknown:
@@ -112,6 +122,7 @@ def evaluate_tokenizer(
     means = {m: {label: MeanMetric().to(device) for label in labels} for m in metrics}
     encode_s, decode_s = 0.0, {label: 0.0 for label in labels}
     grid_parts: dict[str, list[torch.Tensor]] = {"real": [], **{f"k={k}": [] for k in budgets}}
+    grid_at = torch.linspace(0, len(data) - 1, min(grid_images, len(data))).round().long().unique()
     n = 0
     loader = data.loader(batch_size, num_workers, shard=(rank, world))
     for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress or rank > 0, dynamic_ncols=True):
@@ -123,9 +134,10 @@ def evaluate_tokenizer(
         start = _clock(device)
         codes = tokenizer.encode(x)  # (B, K)
         encode_s += _clock(device) - start
-        take = max(0, grid_images - n)  # the grid shows the first grid_images images
-        if take:
-            grid_parts["real"].append(target[:take].cpu())
+        index = rank + world * torch.arange(n, n + x.shape[0])  # positions of this batch in the data
+        take = torch.isin(index, grid_at).nonzero().squeeze(1).to(device)
+        if take.numel():
+            grid_parts["real"].append(target[take].cpu())
         for k, label in zip(budgets, labels):
             start = _clock(device)
             recon = tokenizer.decode(codes[:, :k])
@@ -140,8 +152,8 @@ def evaluate_tokenizer(
                 means["ssim"][label].update(ssim(pred, target))
             if "lpips" in means:
                 means["lpips"][label].update(lpips_model(_rgb(pred) * 2 - 1, _rgb(target) * 2 - 1).flatten())
-            if take:
-                grid_parts[f"k={k}"].append(pred[:take].cpu())
+            if take.numel():
+                grid_parts[f"k={k}"].append(pred[take].cpu())
         n += x.shape[0]
 
     grid = [(label, torch.cat(parts)) for label, parts in grid_parts.items() if parts]
@@ -165,7 +177,37 @@ def evaluate_tokenizer(
         "protocols": {f.name: getattr(extractor, "protocol", "") for f, extractor in zip(frechet, extractors)},
         "data": data.key,
     }
+    if floors:
+        info["floors"] = psnr_floors(loader, device)
     return EvalReport(labels, results, throughput, info), grid
+
+
+BLOCK_GRID = 4  # the block-means floor keeps a BLOCK_GRID x BLOCK_GRID grid of mean colours per image
+
+
+def psnr_floors(loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """Mean PSNR (dB, 8-bit images as scored above) of two trivial codes of the same images:
+
+    - ``mean_image``: every image replaced by the mean image of the set (0 tokens' worth: what a decoder
+      that ignores its tokens can reach);
+    - ``block_means_4x4``: every image replaced by the mean colours of its 4 x 4 grid of blocks (48 numbers
+      for RGB; e.g. 8 x 8 pixel blocks of a 32 x 32 image).
+
+    Two passes over ``loader`` (the mean image first). Returns {name: PSNR}."""
+    total, count = None, 0
+    blocks = MeanMetric().to(device)
+    for batch in loader:
+        target = to_uint8(batch["image"].to(device)).float() / 255
+        total = target.sum(0) if total is None else total + target.sum(0)
+        count += target.shape[0]
+        coarse = F.interpolate(F.adaptive_avg_pool2d(target, BLOCK_GRID), size=target.shape[-2:], mode="nearest")
+        blocks.update(psnr(to_uint8(coarse * 2 - 1).float() / 255, target))
+    mean_image = to_uint8((total / count) * 2 - 1).float() / 255
+    means = MeanMetric().to(device)
+    for batch in loader:
+        target = to_uint8(batch["image"].to(device)).float() / 255
+        means.update(psnr(mean_image.expand_as(target), target))
+    return {"mean_image": float(means.compute()), f"block_means_{BLOCK_GRID}x{BLOCK_GRID}": float(blocks.compute())}
 
 
 def _clock(device: torch.device) -> float:
@@ -269,6 +311,11 @@ def plot_metrics(report: EvalReport, path: str) -> None:
         else:
             ax.plot(range(len(ys)), ys, marker="o")
             ax.set_xticks(range(len(ys)), report.labels, rotation=30)
+        if name == "psnr":
+            for (floor, value), style in zip((report.info.get("floors") or {}).items(), (":", "--")):
+                ax.axhline(value, color="grey", lw=1, ls=style, label=floor.replace("_", " "))
+            if report.info.get("floors"):
+                ax.legend(fontsize=7)
         ax.set_title(f"{name} ({'lower' if lower_is_better(name) else 'higher'} is better)", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
