@@ -48,7 +48,9 @@ class TokgenCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """Parse as LightningCLI does; with ``exit_on_error=False`` parsers a config error becomes one short
-        :class:`ConfigError` (key, value, accepted) instead of jsonargparse's usage text and nested report."""
+        :class:`ConfigError` (key, value, accepted) instead of jsonargparse's usage text and nested report. (The
+        keys offered for a mistyped option come from LightningCLI's ``_subcommand_parsers``, private in 2.x; without
+        it there are just no suggestions.)"""
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
