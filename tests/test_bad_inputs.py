@@ -100,9 +100,7 @@ def cli_error(capsys, argv, *needles, absent=()):
     assert info.value.code == 2, err
     assert "Traceback" not in err
     message = err.strip()
-    if "usage:" in message:  # argparse's own errors: the usage line, then the error line
-        message = message.split("\n", 1)[1]
-    assert len(message.splitlines()) <= 3, message
+    assert "usage:" not in message and len(message.splitlines()) <= 3, message
     for needle in needles:
         assert str(needle) in message, f"{needle!r} not in {message!r}"
     for path in absent:
@@ -168,6 +166,12 @@ def test_fit_typo_in_recipe_and_data_yaml(tmp_path, capsys):
     cli_error(capsys, ["fitt"], "'fitt'", "did you mean 'fit'", "accepted: fit,")
 
 
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_fit_on_a_missing_gpu_is_one_line(tmp_path, capsys):
+    cli_error(capsys, ["fit", "--config", recipe(tmp_path), "--trainer.accelerator", "cuda"], "CUDAAccelerator",
+              "not available", "['cpu']", absent=[tmp_path / "run"])
+
+
 @pytest.mark.parametrize("folder,bad", [("truncated", "bad_png"), ("textjpg", "bad_jpg")])
 def test_fit_names_an_unreadable_image(work, tmp_path, capsys, folder, bad):
     data = {"class_path": "tokgen.data.ImageFolderDataModule",
@@ -197,6 +201,7 @@ def test_eval_bad_inputs(work, tmp_path, capsys):
     cli_error(capsys, ["eval", "--ckpt", tok, "--data", "mnist", "--metrics", "psnr", "--out", out], "'mnist'",
               "'shapes'", absent=[out])
     cli_error(capsys, [*base[:5], "--target-errors", "0.1,abc", "--out", out], "'abc'", "0.05,0.08", absent=[out])
+    cli_error(capsys, [*base[:5], "--target-errors=-0.1", "--out", out], "'-0.1'", "numbers > 0", absent=[out])
     if NO_GPU:  # one line, not a CUDA traceback
         cli_error(capsys, [*base, "--device", "cuda", "--out", out], "--device cuda", "no CUDA GPU",
                   "accepted: cpu", absent=[out])
@@ -241,6 +246,7 @@ SAMPLING = [
     (["--classes", "7"], ["class id 7", "accepted 0..2"]),
     (["--device", "cuda"], ["--device 'cuda'", "auto or cpu"]),
     (["--threads", "0"], ["--threads", "positive", "got 0"]),
+    (["--fps", "0"], ["--fps", "> 0", "got 0"]),
 ]
 
 
@@ -297,11 +303,15 @@ def folder_spec(root: str) -> str:
                        "init_args": {"root": root, "val_root": root, "random_flip": False}})
 
 
-@pytest.mark.parametrize("folder,bad", [("truncated", "bad_png"), ("textjpg", "bad_jpg")])
-def test_tokenize_names_an_unreadable_image_and_leaves_no_folder(work, tmp_path, capsys, folder, bad):
+@pytest.mark.parametrize("folder,bad,workers", [("truncated", "bad_png", "0"), ("textjpg", "bad_jpg", "0"),
+                                                ("truncated", "bad_png", "1")])
+def test_tokenize_names_an_unreadable_image_and_leaves_no_folder(work, tmp_path, capsys, folder, bad, workers):
+    """Also from a DataLoader worker process (torch puts the worker's traceback into the message)."""
     out = str(tmp_path / "tokens")
-    cli_error(capsys, ["tokenize", "--ckpt", work["tok"], "--data", folder_spec(work[folder]), "--split", "val",
-                       "--out", out, "--no-progress"], work[bad], "unreadable", "accepted", absent=[out])
+    message = cli_error(capsys, ["tokenize", "--ckpt", work["tok"], "--data", folder_spec(work[folder]), "--split",
+                                 "val", "--out", out, "--no-progress", "--num-workers", workers],
+                        work[bad], "unreadable", "accepted", absent=[out])
+    assert message.startswith(f"tokgen tokenize: error: image file {work[bad]}")
 
 
 def test_a_corrupt_shard_in_a_finished_token_folder(work, tmp_path, capsys):
@@ -334,13 +344,22 @@ def test_video_tokenize_bad_inputs(work, tmp_path, capsys):
               "needs --ckpt", absent=[out])
     cli_error(capsys, ["video-tokenize", str(tmp_path / "none.mp4"), "--out", out], "none.mp4", "not found",
               absent=[out])
-    cli_error(capsys, ["video-tokenize", clip, "--fps", "0", "--out", out], "--fps", "positive", absent=[out])
+    cli_error(capsys, ["video-tokenize", clip, "--fps", "0", "--out", out], "--fps", "> 0", absent=[out])
     cli_error(capsys, ["video-tokenize", clip, "--out", out, "--extraction", "[1]"], "--extraction", "JSON object",
               absent=[out])
 
 
 def test_video_eval_bad_inputs(work, tmp_path, capsys):
+    from test_video_generation import save_video_tokenizer
+
     out = str(tmp_path / "v.json")
+    video = save_video_tokenizer(tmp_path / "video.ckpt")  # 8 trajectory slots
+    cli_error(capsys, ["video-eval", "--ckpt", video, "--budgets", "0,2", "--out", out], "'0'", "1..8", absent=[out])
+    cli_error(capsys, ["video-eval", "--ckpt", video, "--budgets", "2,x", "--out", out], "'x'", "1..8", absent=[out])
+    cli_error(capsys, ["video-eval", "--ckpt", work["tok"], "--out", out], work["tok"], "not a video tokenizer",
+              absent=[out])
+    cli_error(capsys, ["video-tokenize", work["clip8"], "--ckpt", work["tok"], "--out", str(tmp_path / "o.gif")],
+              work["tok"], "not a video tokenizer", absent=[tmp_path / "o.gif"])
     base = ["video-eval", "--ckpt", str(tmp_path / "never_loaded.ckpt")]  # options are checked first
     cli_error(capsys, [*base, "--num-clips", "0", "--out", out], "--num-clips", "positive", absent=[out])
     cli_error(capsys, [*base, "--batch-size", "0", "--out", out], "--batch-size", "positive", absent=[out])
@@ -403,6 +422,10 @@ def test_api_refuses_bad_values(work):
         open_image(work["bad_png"])
     with pytest.raises(ValueError, match=r"image file .*notes.jpg is unreadable"):
         open_image(work["bad_jpg"])
+    from tokgen.metrics.datasets import SampleFolder
+
+    with pytest.raises(ValueError, match=r"image file .*bad.png is unreadable"):  # gFID sample folders too
+        SampleFolder(work["truncated"], image_size=20, channels=3)
     with pytest.raises(ValueError, match=r"--out .*afile.* is a file"):
         check_output_path("--out", os.path.join(work["afile"], "sub", "x.json"))
     with pytest.raises(ValueError, match=r"--out '' is empty"):

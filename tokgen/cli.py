@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TOKGEN_DEBUG"):
             raise
         message = str(err)
+        if "\nOriginal Traceback" in message:  # raised in a DataLoader worker: torch prepends the worker's traceback
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if last.startswith(f"{type(err).__name__}: ") else last
         if command in LIGHTNING_COMMANDS and not isinstance(err, ConfigError) and "\n" in message:
             message = short_config_error(message)  # raised while building the classes: same short form
         fail(f"tokgen {command}: error: {message}")

@@ -228,9 +228,13 @@ def parse_target_errors(text: str) -> list[float]:
     values = []
     for item in parse_list(text, "target-errors"):
         try:
-            values.append(float(item))
+            value = float(item)
         except ValueError:
             raise ValueError(f"--target-errors: {item!r} is not a number; give e.g. 0.05,0.08,0.12") from None
+        if not 0 < value < float("inf"):
+            raise ValueError(f"--target-errors: {item!r} is not accepted; target errors are numbers > 0, "
+                             f"e.g. 0.05,0.08,0.12")
+        values.append(value)
     return sorted(set(values))
 
 

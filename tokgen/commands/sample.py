@@ -28,6 +28,7 @@ import torch
 
 from ..checkpoint import checkpoint_kind
 from ..generator import CFG_SCHEDULES, GPT, check_generator_tokenizer, generate, sample_uniforms
+from ..data.base import check_number
 from ..generator.generate import FLAG_NAMES, check_sampling
 from .checks import CommandParser, check_output_path
 from .flow_options import add_flow_arguments, apply_flow_arguments
@@ -195,8 +196,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--device {args.device!r} is not accepted; use auto or cpu (accelerate picks the GPU)")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
-    if not (args.fps > 0 and args.fps < float("inf")):
-        raise ValueError(f"--fps must be a positive number of frames per second, got {args.fps}")
+    check_number("--fps", args.fps, 0, low_open=True)
     if args.out is not None:
         check_output_path("--out", args.out)
     if args.out_dir is not None:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from ..data.base import check_int
+from ..data.base import check_int, check_number
 from .checks import CommandParser, check_output_path
 from .eval import parse_budgets
 
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.size is not None:
         check_int("--size", args.size, minimum=MIN_FLOW_SIZE)
-    if not (0 < args.fps < float("inf")):
-        raise ValueError(f"--fps must be a positive number of frames per second, got {args.fps}")
+    check_number("--fps", args.fps, 0, low_open=True)
     out = check_output_path("--out", args.out or os.path.splitext(args.video)[0] + "_trajectories.gif",
                             suffixes=WRITE_EXTENSIONS)
     if args.recon is not None:
