@@ -33,3 +33,14 @@ def tiny_config():
         return TokenizerConfig.from_dict(values)
 
     return make
+
+
+def set_keys(cfg: dict, overrides: dict) -> dict:
+    """Set dotted keys of a nested recipe dict in place, e.g. {"model.init_args.optim.lr": 1e-3}; returns cfg."""
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 import yaml
+from conftest import set_keys
 from lightning.pytorch import Callback
 
 from tokgen.cli import lightning_main, main
@@ -25,12 +26,7 @@ def write_recipe(tmp_path, **overrides):
         "data": {"class_path": "tokgen.data.ShapesDataModule", "init_args": {
             "image_size": 16, "train_size": 2000, "val_size": 32, "batch_size": 16}},
     }
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_keys(cfg, overrides)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

@@ -7,15 +7,22 @@ Every run writes to ``trainer.default_root_dir`` (set in each recipe):
 """
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib
+import inspect
 import os
+import re
 import sys
+from argparse import ArgumentError
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from .resume import (AtomicCheckpointIO, TrainingRng, check_checkpoint_fits, prepare_checkpoints,
                      remove_stale_temp_files)
@@ -60,6 +67,29 @@ class TokgenCLI(LightningCLI):
     ``--ckpt_path last`` always finds ``last.ckpt`` of the previous (killed) run; atomic checkpoint writes, the
     training random streams in every checkpoint, and ``--ckpt_path`` checked before anything trains."""
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse as LightningCLI does; with ``exit_on_error=False`` parsers a config error becomes one short
+        :class:`ConfigError` (key, value, accepted) instead of jsonargparse's usage text and nested report. (The
+        keys offered for a mistyped option come from LightningCLI's ``_subcommand_parsers``, private in 2.x; without
+        it there are just no suggestions.)"""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            command = next((a for a in (args or sys.argv[1:]) if a in LIGHTNING_COMMANDS), None)
+            sub = getattr(self, "_subcommand_parsers", {}).get(command, parser)
+            keys = [a.dest for a in getattr(sub, "_actions", [])]
+            raise ConfigError(short_config_error(str(err), keys)) from None
+        prepare_checkpoints(self.config)  # before LightningCLI reads --ckpt_path itself
+
+    def instantiate_trainer(self, **kwargs):
+        """Build the default logger (trainer.logger unset or true) here as the CSVLogger under default_root_dir that
+        Lightning would pick, so its note that tensorboard is not installed is not printed on every run."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.get("trainer") or {}
+        if "logger" not in kwargs and trainer.get("logger") in (None, True) and not trainer.get("barebones"):
+            kwargs["logger"] = CSVLogger(save_dir=trainer.get("default_root_dir") or os.getcwd())
+        return super().instantiate_trainer(**kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
         parser.set_defaults({
@@ -70,10 +100,6 @@ class TokgenCLI(LightningCLI):
             "checkpoint.enable_version_counter": False,  # a resumed run rewrites a step file, never step=N-v1
         })
 
-    def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
-        prepare_checkpoints(self.config)
-
     def before_fit(self) -> None:
         """Refuse a ``--ckpt_path`` whose weights do not fit the recipe's model, before anything runs."""
         check_checkpoint_fits(self.config_init[self.subcommand].ckpt_path, self.model, self.subcommand == "fit")
@@ -81,10 +107,13 @@ class TokgenCLI(LightningCLI):
     before_validate = before_test = before_predict = before_fit
 
 
-def lightning_main(args: list[str] | None = None, run: bool = True) -> TokgenCLI:
-    """Run LightningCLI on ``args``; with ``run=False`` only build model, data and trainer (no subcommand)."""
+def lightning_main(args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> TokgenCLI:
+    """Run LightningCLI on ``args`` (None: ``sys.argv[1:]``); with ``run=False`` only build model, data and trainer
+    (no subcommand). ``exit_on_error=False``: a config error raises :class:`ConfigError` (one short message)
+    instead of printing the usage text and exiting."""
     if not run and args and args[0] in LIGHTNING_COMMANDS:
         args = args[1:]
+    no_exit = {"exit_on_error": False}
     return TokgenCLI(
         LightningModule,
         LightningDataModule,
@@ -93,9 +122,89 @@ def lightning_main(args: list[str] | None = None, run: bool = True) -> TokgenCLI
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [TrainingRng()]},
+        parser_kwargs=None if exit_on_error else {**no_exit, **{c: dict(no_exit) for c in LIGHTNING_COMMANDS}},
         args=args,
         run=run,
     )
+
+
+# ---------------------------------------------------------------------------------------------------- config errors
+class ConfigError(ValueError):
+    """A recipe / command-line config error of ``tokgen fit|validate|test``, shortened to key, value and accepted."""
+
+
+BOILERPLATE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+               "Given value:", "Expected a <class 'NoneType'>", "Problem with given class_path")
+
+
+def short_config_error(message: str, keys: list[str] = ()) -> str:
+    """jsonargparse's nested error text -> at most three lines: the offending key (path), what is wrong with its
+    value, and what is accepted (the options of the class it belongs to, or the closest known keys)."""
+    lines = message.splitlines()
+    path, classes = [], []
+    for line in lines:
+        for key in re.findall(r'Parser key "([^"]+)"', line):
+            path += ["init_args", key] if path and path[-1] != "init_args" else [key]
+        classes += re.findall(r"Problem with given class_path '([^']+)'", line)
+    problem = message.strip()
+    for line in lines:
+        text = re.sub(r'^(- )?(Parser key "[^"]+":\s*)?', "", line.strip())
+        if text and not text.startswith(BOILERPLATE):
+            problem = text
+            break
+    if not path:  # an error raised while building the classes: name the section from the Union it failed in
+        section = re.search(r"Subtypes: \[<class '[\w.]*\.(LightningModule|LightningDataModule)'>", message)
+        path = [{"LightningModule": "model", "LightningDataModule": "data"}[section.group(1)]] if section else []
+    accepted = ""
+    unknown = re.match(r"(?:Option|Key) '([^']+)' is not accepted", problem)
+    unrecognized = re.match(r"unrecognized arguments: (\S+)", problem)
+    if unknown and classes:
+        options = class_options(classes[-1])
+        value = given_value(lines, unknown.group(1))
+        path += ["init_args", unknown.group(1)] if path in (["model"], ["data"]) else [unknown.group(1)]
+        problem = f"unknown option {unknown.group(1)!r}" + (f" (value {value!r})" if value is not None else "")
+        close = difflib.get_close_matches(unknown.group(1), options, 3)
+        accepted = (f"did you mean {', '.join(close)}? " if close else "") + f"accepted: {', '.join(options)}"
+    elif unrecognized:
+        key, _, value = unrecognized.group(1).lstrip("-").partition("=")
+        path, problem = [key], f"unknown option (value {value!r})" if value else "unknown option"
+        close = difflib.get_close_matches(key, keys, 3, 0.75)
+        accepted = f"did you mean {', '.join(close)}?" if close else ""
+    elif classes and "has no attribute" in problem:
+        module = classes[-1].rpartition(".")[0]
+        problem = f"class_path {classes[-1]!r} cannot be imported ({problem})"
+        accepted = f"accepted: an importable class, e.g. {module}.<Class>"
+    where = ".".join(path)
+    lines = [f"{where}: {problem}" if where else problem]
+    if accepted:
+        lines.append(accepted)
+    lines.append("(all options: --help)")
+    return "\n".join(lines)
+
+
+def class_options(class_path: str) -> list[str]:
+    """The init parameters of ``class_path`` (the accepted keys of its init_args), [] when it cannot be imported."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return [n for n in inspect.signature(cls).parameters if n not in ("self", "args", "kwargs")]
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+
+
+def given_value(lines: list[str], key: str):
+    """The value given for ``key`` in the first ``Given value: {...}`` line of a jsonargparse message, or None."""
+    for line in lines:
+        text = line.strip()
+        if text.startswith("Given value: {"):
+            try:
+                given = ast.literal_eval(text[len("Given value: "):])
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(given, dict) and isinstance(given.get("init_args"), dict):
+                given = given["init_args"]
+            return given.get(key) if isinstance(given, dict) else None
+    return None
 
 
 # tokgen's own commands: name -> ("module:function", one-line help). Each function takes argv (list[str]).
@@ -141,6 +250,9 @@ def fail(message: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``tokgen <command> ...``. A user error (a bad value, a missing file, a config error) prints one short
+    ``tokgen <command>: error: ...`` message, no traceback, and exits with status 2 (TOKGEN_DEBUG=1 re-raises)."""
+    from_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -148,18 +260,25 @@ def main(argv: list[str] | None = None) -> None:
     command = argv[0]
     accepted = [*LIGHTNING_COMMANDS, *sorted(COMMANDS)]
     if command not in accepted:
-        print(usage(), file=sys.stderr)
-        sys.exit(f"tokgen: error: unknown command {command!r}; accepted: {', '.join(accepted)}")
+        close = difflib.get_close_matches(command, accepted, 1)
+        fail(f"tokgen: error: unknown command {command!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+             + f"; accepted: {', '.join(accepted)}")
     try:
         if command in COMMANDS:
             module, func = COMMANDS[command][0].split(":")
             getattr(importlib.import_module(module), func)(argv[1:])
-        else:
-            lightning_main(argv)
-    except (FileNotFoundError, ValueError) as err:
+        else:  # None: LightningCLI reads sys.argv itself (passing both makes it warn)
+            lightning_main(None if from_argv else argv, exit_on_error=False)
+    except (FileNotFoundError, ValueError, MisconfigurationException) as err:
         if os.environ.get("TOKGEN_DEBUG"):
             raise
-        fail(f"tokgen {command}: error: {err}")
+        message = str(err)
+        if "\nOriginal Traceback" in message:  # raised in a DataLoader worker: torch prepends the worker's traceback
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if last.startswith(f"{type(err).__name__}: ") else last
+        if command in LIGHTNING_COMMANDS and not isinstance(err, ConfigError) and "\n" in message:
+            message = short_config_error(message)  # raised while building the classes: same short form
+        fail(f"tokgen {command}: error: {message}")
 
 
 if __name__ == "__main__":

@@ -19,17 +19,19 @@ import sys
 
 import torch
 
+from ..data.base import check_int
 from ..metrics.datasets import DATA_ACCEPTED, SampleFolder, build_data
 from ..metrics.evaluate import PAIRED_METRICS, evaluate_samples, evaluate_tokenizer, write_report
 from ..metrics.features import FeatureExtractor
 from ..metrics.fid import InceptionFeatures, RealStatsCache, default_cache_dir
+from .checks import CommandParser, check_device, check_output_path
 from .flow_options import FLOW_OPTIONS, add_flow_arguments, apply_flow_arguments
 
 METRICS = ("fid", *PAIRED_METRICS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokgen eval", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="tokgen eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to score (one of)")
     src.add_argument("--ckpt", help="tokenizer checkpoint (tokgen fit's .ckpt): reconstruction metrics per budget")
@@ -132,12 +134,15 @@ def main(argv: list[str]) -> None:
     if args.out is not None and (os.path.isdir(args.out) or not args.out.endswith(".json")):
         raise ValueError(f"--out {args.out} must be a .json file path (the Markdown table and PNGs are written "
                          f"next to it), not a folder")
+    check_device("--device", args.device)
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
+                                 ("--grid-images", args.grid_images, 1)):
+        check_int(flag, value, minimum=minimum)
     if args.target_errors is not None:
         return main_adaptive(args, argv)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.num_images is not None and args.num_images < 2:
         raise ValueError(f"--num-images must be >= 2 (a covariance needs two images), got {args.num_images}")
+    out = check_output_path("--out", args.out or default_out(args), suffixes=(".json",))
 
     if args.metrics is None:
         if args.samples:
@@ -193,7 +198,6 @@ def main(argv: list[str]) -> None:
     if lpips_model is not None and args.lpips_net != "vgg" and data.image_size < 32:
         raise ValueError(f"LPIPS-{args.lpips_net} needs images of at least 32x32, got {data.image_size}x{data.image_size}; "
                          "use --lpips-net vgg for smaller images")
-    out = args.out or default_out(args)
     progress = not args.no_progress
 
     if tokenizer is not None:
@@ -247,9 +251,13 @@ def parse_target_errors(text: str) -> list[float]:
     values = []
     for item in parse_list(text, "target-errors"):
         try:
-            values.append(float(item))
+            value = float(item)
         except ValueError:
             raise ValueError(f"--target-errors: {item!r} is not a number; give e.g. 0.05,0.08,0.12") from None
+        if not 0 < value < float("inf"):
+            raise ValueError(f"--target-errors: {item!r} is not accepted; target errors are numbers > 0, "
+                             f"e.g. 0.05,0.08,0.12")
+        values.append(value)
     return sorted(set(values))
 
 
@@ -265,6 +273,8 @@ def main_adaptive(args, argv: list[str]) -> None:
         if value:
             raise ValueError(f"{flag} does not apply with --target-errors (adaptive mode); drop one of them")
     target_errors = parse_target_errors(args.target_errors)
+    out = check_output_path("--out", args.out or default_out(args).replace(".json", "_adaptive.json"),
+                            suffixes=(".json",))
     tokenizer = load_tokenizer(args.ckpt, use_ema=not args.no_ema).to(args.device)
     if not isinstance(tokenizer, HaltingTokenizer):
         raise ValueError(f"--target-errors needs a halting tokenizer checkpoint (tokgen.lit.HaltingModule); "
@@ -282,7 +292,6 @@ def main_adaptive(args, argv: list[str]) -> None:
                                progress=not args.no_progress)
     report.update(checkpoint=os.path.abspath(args.ckpt), data_spec=args.data, split=args.split,
                   weights="raw" if args.no_ema else "ema (when present)", command="tokgen eval " + " ".join(argv))
-    out = args.out or default_out(args).replace(".json", "_adaptive.json")
     paths = write_adaptive_report(report, out)
     print(adaptive_markdown(report))
     print(f"\nmonotone mean tokens (lower eps never fewer): {report['monotone_mean_tokens']}")

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
 
+from ..data.base import check_int, check_number
 from ..metrics.adaptive import calibrate_threshold
+from .checks import CommandParser, check_device, check_output_path
 from .eval import parse_target_errors
 from ..metrics.datasets import DATA_ACCEPTED, build_data
 from ..tokenizers.halting import SEARCH_METHODS, HaltingTokenizer
@@ -29,7 +32,7 @@ from ..tokenizers.halting_refit import refit_checkpoint, refit_halting_head
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokgen refit-halting", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="tokgen refit-halting", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="halting tokenizer checkpoint (tokgen.lit.HaltingModule)")
     p.add_argument("--data", required=True, help=f"training images: {DATA_ACCEPTED}")
     p.add_argument("--out", required=True, help="checkpoint to write (must differ from --ckpt)")
@@ -65,12 +68,23 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # everything that can be checked before the long part: outputs, device, numbers
+    if os.path.abspath(args.out) == os.path.abspath(args.ckpt):
+        raise ValueError(f"--out {args.out} is the input checkpoint; write the refit head to a new file")
+    check_output_path("--out", args.out)
+    device = check_device("--device", args.device)
+    for flag, value in (("--num-images", args.num_images), ("--reps", args.reps), ("--steps", args.steps),
+                        ("--batch-size", args.batch_size), ("--calibrate-images", args.calibrate_images)):
+        check_int(flag, value, minimum=1)
+    check_number("--lr", args.lr, 0, low_open=True)
+    if args.calibrate is not None:
+        check_number("--calibrate", args.calibrate, 0, 1, low_open=True)
+    if args.threads is not None:
+        torch.set_num_threads(check_int("--threads", args.threads, minimum=1))
     eps_range = parse_range(args.eps_range)
     if (args.calibrate is None) != (args.target_errors is None):
         raise ValueError("--calibrate MIN_MET and --target-errors EPS,... go together (the eps values to calibrate for)")
-    tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(args.device)
+    tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(device)
     target_errors = None
     if args.target_errors is not None:
         target_errors = parse_target_errors(args.target_errors)

@@ -28,11 +28,17 @@ import torch
 
 from ..checkpoint import checkpoint_kind
 from ..generator import CFG_SCHEDULES, GPT, check_generator_tokenizer, generate, sample_uniforms
+from ..data.base import check_number
+from ..generator.generate import FLAG_NAMES, check_sampling
+from .checks import CommandParser, check_output_path
 from .flow_options import add_flow_arguments, apply_flow_arguments
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # grids of an image tokenizer (PIL writes them)
+
+
 def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (`tokgen fit` with TokenizerModule, "
                    "or a video tokenizer: clips)")
@@ -196,10 +202,18 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.cfg_schedule not in CFG_SCHEDULES:
-        raise ValueError(f"--cfg-schedule {args.cfg_schedule!r} is not accepted; use one of {', '.join(CFG_SCHEDULES)}")
+    check_sampling(args.temperature, args.top_k, args.top_p, args.cfg, args.cfg_schedule, names=FLAG_NAMES)
     if args.device not in ("auto", "cpu"):
         raise ValueError(f"--device {args.device!r} is not accepted; use auto or cpu (accelerate picks the GPU)")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    check_number("--fps", args.fps, 0, low_open=True)
+    if args.out is not None:
+        check_output_path("--out", args.out)
+    if args.out_dir is not None:
+        check_output_path("--out-dir", args.out_dir, folder=True)
+    if args.metrics_json is not None:
+        check_output_path("--metrics-json", args.metrics_json, suffixes=(".json",))
     # without cpu=True accelerate treats a CPU-only multi-process launch as single-process (duplicate work)
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -213,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
         from .sample_video import run_video
 
         return run_video(args, state)
-    args.out = args.out or "samples.png"
+    args.out = check_output_path("--out", args.out or "samples.png", suffixes=IMAGE_EXTENSIONS)
 
     tokenizer = load_tokenizer(args.tokenizer, use_ema=not args.no_ema).to(device)
     apply_flow_arguments(tokenizer, args, args.tokenizer)  # flow tokenizers: --flow-steps/--flow-cfg/--flow-seed

@@ -33,16 +33,17 @@ import json
 import os
 
 import torch
-import yaml
 from lightning import LightningDataModule
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..checkpoint import checkpoint_kind
+from ..data.base import check_init_args, check_int, read_yaml
 from ..data.tokens import FORMAT, FORMAT_VERSION, INDEX_NAME, code_dtype, load_token_shards, shard_name
 from ..generator.compat import tokenizer_identity
 from ..metrics.lengths import length_summary, plot_length_comparison
+from .checks import CommandParser, check_device, check_output_path
 
 LENGTHS_PLOT = "lengths.png"  # written beside the shards once the folder is complete
 
@@ -56,7 +57,7 @@ VIDEO_NAMES = {"moving_shapes": "tokgen.data.VideoDataModule", "folder": "tokgen
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokgen tokenize", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="tokgen tokenize", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="tokenizer checkpoint written by `tokgen fit`")
     p.add_argument("--data", required=True,
@@ -92,11 +93,10 @@ def parse_data_spec(spec: str, image_size: int, channels: int, video: dict | Non
             init["dataset"] = name
         resolved = {"class_path": names[name], "init_args": init}
     elif os.path.isfile(spec):
-        with open(spec) as f:
-            loaded = yaml.safe_load(f)  # YAML is a superset of JSON
+        loaded = read_yaml(spec, f"--data {spec}")  # YAML is a superset of JSON
         resolved = loaded.get("data", loaded) if isinstance(loaded, dict) else None
     elif spec.lstrip().startswith("{"):
-        resolved = yaml.safe_load(spec)
+        resolved = read_yaml(spec, f"--data {spec!r}")
     elif spec.endswith((".yaml", ".yml", ".json")):
         raise FileNotFoundError(f"--data file not found: {spec}")
     else:
@@ -107,10 +107,13 @@ def parse_data_spec(spec: str, image_size: int, channels: int, video: dict | Non
         )
     if not isinstance(resolved, dict) or "class_path" not in resolved:
         raise ValueError(f"--data {spec!r} holds no datamodule spec: expected class_path and init_args")
+    if not isinstance(resolved.get("init_args") or {}, dict):
+        raise ValueError(f"--data {spec!r}: init_args must be a mapping of argument names to values")
     resolved = {"class_path": resolved["class_path"], "init_args": dict(resolved.get("init_args") or {})}
     if "." not in resolved["class_path"]:
         resolved["class_path"] = f"tokgen.data.{resolved['class_path']}"
     cls = _import_class(resolved["class_path"])
+    check_init_args(cls, resolved["init_args"], f"--data {spec}")
     params = inspect.signature(cls.__init__).parameters
     init = resolved["init_args"]
     for key, want in (("image_size", image_size), ("channels", channels), *(video or {}).items()):
@@ -221,13 +224,28 @@ def _image_setup(args: argparse.Namespace, device: torch.device):
     return tokenizer, spec, lambda batch: _encode(tokenizer, batch["image"].to(device), target_error, threshold)
 
 
+def remove_unfinished(folder: str) -> None:
+    """Remove what a failed first run wrote into the ``folder`` it created (the index and temporary shard files),
+    then the folder itself if that leaves it empty; anything else in it is kept."""
+    for name in os.listdir(folder):
+        if name == INDEX_NAME or name.startswith(INDEX_NAME + ".tmp") or name.endswith(".safetensors.tmp"):
+            os.remove(os.path.join(folder, name))
+    if not os.listdir(folder):
+        os.rmdir(folder)
+
+
 def tokenize(args: argparse.Namespace) -> dict:
     if args.split not in SPLITS:
         raise ValueError(f"--split {args.split!r} is not accepted; use one of {', '.join(SPLITS)}")
     for name in ("batch_size", "shard_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive integer (items to encode), got {args.limit}")
+    check_int("--num-workers", args.num_workers, minimum=0)
+    check_output_path("--out", args.out, folder=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else check_device("--device", args.device)
     video = checkpoint_kind(args.ckpt) == "video_tokenizer"
     tokenizer, spec, encode = (_video_setup if video else _image_setup)(args, device)
     if tokenizer.quantizer.codebook_size is None:
@@ -249,6 +267,7 @@ def tokenize(args: argparse.Namespace) -> dict:
         "num_classes": int(getattr(dm, "num_classes", 0) or 0), "code_dtype": str(code_dtype(tokenizer.quantizer.codebook_size)),
         "tokenizer": identity, "target_error": target_error,
     }
+    created = not os.path.exists(args.out)
     os.makedirs(args.out, exist_ok=True)
     index_path = os.path.join(args.out, INDEX_NAME)
     if os.path.isfile(index_path):  # resume: the folder must hold tokens of the same tokenizer, data and sharding
@@ -276,27 +295,33 @@ def tokenize(args: argparse.Namespace) -> dict:
     bar = tqdm(total=n, initial=sum(s["num_examples"] for s in shards), unit="clip" if video else "img",
                desc=f"tokenize {args.split}",
                disable=args.no_progress)
-    with torch.inference_mode():
-        for shard in todo:
-            items = range(shard["start"], shard["start"] + shard["num_examples"])
-            loader = DataLoader(Subset(dataset, items), batch_size=args.batch_size, shuffle=False,
-                                num_workers=args.num_workers)
-            codes, lengths, labels = [], [], []
-            for batch in loader:
-                c, l = encode(batch)
-                codes.append(c.cpu().to(dtype))
-                lengths.append(l.cpu().to(torch.int32))
-                label = batch["label"] if "label" in batch else torch.zeros(len(c))  # video clips: no class
-                labels.append(label.to(torch.int64))
-                bar.update(len(c))
-            path = os.path.join(args.out, shard["file"])
-            save_file({"codes": torch.cat(codes).contiguous(), "lengths": torch.cat(lengths),
-                       "labels": torch.cat(labels)}, f"{path}.tmp", metadata={"start": str(shard["start"])})
-            os.replace(f"{path}.tmp", path)
-            meta["shards"] = sorted(meta["shards"] + [shard], key=lambda s: s["file"])
-            meta["complete"] = len(meta["shards"]) == meta["num_shards"]
-            _write_json(index_path, meta)
-    bar.close()
+    try:
+        with torch.inference_mode():
+            for shard in todo:
+                items = range(shard["start"], shard["start"] + shard["num_examples"])
+                loader = DataLoader(Subset(dataset, items), batch_size=args.batch_size, shuffle=False,
+                                    num_workers=args.num_workers)
+                codes, lengths, labels = [], [], []
+                for batch in loader:
+                    c, l = encode(batch)
+                    codes.append(c.cpu().to(dtype))
+                    lengths.append(l.cpu().to(torch.int32))
+                    label = batch["label"] if "label" in batch else torch.zeros(len(c))  # video clips: no class
+                    labels.append(label.to(torch.int64))
+                    bar.update(len(c))
+                path = os.path.join(args.out, shard["file"])
+                save_file({"codes": torch.cat(codes).contiguous(), "lengths": torch.cat(lengths),
+                           "labels": torch.cat(labels)}, f"{path}.tmp", metadata={"start": str(shard["start"])})
+                os.replace(f"{path}.tmp", path)
+                meta["shards"] = sorted(meta["shards"] + [shard], key=lambda s: s["file"])
+                meta["complete"] = len(meta["shards"]) == meta["num_shards"]
+                _write_json(index_path, meta)
+    except Exception:
+        if created and not meta["shards"]:  # nothing finished: leave no folder behind (an unreadable image, ...)
+            remove_unfinished(args.out)
+        raise
+    finally:
+        bar.close()
     if meta["complete"]:  # the length distribution, for adaptive tokenizers the point of the shards
         _, _, lengths, labels = load_token_shards(args.out)
         meta["lengths"] = length_summary(lengths, meta["num_tokens"], labels if meta["num_classes"] else None)

@@ -19,14 +19,16 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..data.base import check_int, check_number
 from ..metrics.datasets import DATA_ACCEPTED, build_data
 from ..metrics.features import FeatureNet, metric_name, save_feature_extractor
+from .checks import CommandParser, check_output_path
 
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokgen train-features", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="tokgen train-features", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help=f"labelled images: {DATA_ACCEPTED}")
     p.add_argument("--out", required=True,
                    help="extractor file to write (safetensors weights + config), e.g. features_fmnist.safetensors")
@@ -84,8 +86,10 @@ def main(argv: list[str]) -> None:
     for name in ("batch_size", "width", "feature_dim"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if not args.epochs > 0:
-        raise ValueError(f"--epochs must be > 0, got {args.epochs}")
+    check_number("--epochs", args.epochs, 0, low_open=True)
+    check_number("--lr", args.lr, 0, low_open=True)
+    check_int("--num-workers", args.num_workers, minimum=0)
+    check_output_path("--out", args.out)
     name = args.name or default_name(args.data)
     metadata = {"name": name}
     metric = metric_name(metadata, args.out)  # fail on a reserved name before training

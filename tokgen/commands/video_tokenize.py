@@ -14,6 +14,10 @@ import os
 import numpy as np
 import torch
 
+from ..data.base import check_int, check_number
+from .checks import CommandParser, check_output_path
+from .eval import parse_budgets
+
 
 def _parse_json(text: str | None, name: str) -> dict:
     if not text:
@@ -28,7 +32,7 @@ def _parse_json(text: str | None, name: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokgen video-tokenize", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="tokgen video-tokenize", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("video", help="a video file (.mp4, .avi, .mov, .mkv, .webm, .gif)")
     p.add_argument("--out", default=None, help="overlay of the trajectories, .gif or .mp4 "
@@ -49,13 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     from ..video import VideoTokenizer, extract_trajectories, overlay, write_video
-    from ..video.io import count_frames, read_clip, to_uint8_frames
+    from ..video.io import WRITE_EXTENSIONS, count_frames, read_clip, to_uint8_frames
+    from ..video.trajectories import MIN_FLOW_SIZE
 
     args = build_parser().parse_args(argv)
+    if args.size is not None:
+        check_int("--size", args.size, minimum=MIN_FLOW_SIZE)
+    check_number("--fps", args.fps, 0, low_open=True)
+    out = check_output_path("--out", args.out or os.path.splitext(args.video)[0] + "_trajectories.gif",
+                            suffixes=WRITE_EXTENSIONS)
+    if args.recon is not None:
+        if not args.ckpt:
+            raise ValueError("--recon writes the reconstruction from the tokens: it needs --ckpt")
+        check_output_path("--recon", args.recon, suffixes=WRITE_EXTENSIONS)
     model = VideoTokenizer.from_checkpoint(args.ckpt) if args.ckpt else None
     extraction = dict((getattr(model, "extraction", None) or {}) if model is not None else {})
     extraction.update(_parse_json(args.extraction, "--extraction"))
-    size = args.size or (model.config.image_size if model is not None else 128)
+    size = args.size if args.size is not None else (model.config.image_size if model is not None else 128)
     available = count_frames(args.video)  # unreadable / zero-frame videos fail here with one message
     if args.num_frames is not None:
         num_frames = args.num_frames
@@ -71,7 +85,6 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"video": args.video, "frames": int(frames.shape[0]), "size": size, "trajectories": traj.num,
               "areas": [int(a) for a in traj.areas]}
     print(f"trajectories: {traj.num}  ({frames.shape[0]} frames at {size}x{size})")
-    out = args.out or os.path.splitext(args.video)[0] + "_trajectories.gif"
     write_video(out, overlay(frames, traj.ids), fps=args.fps)
     result["overlay"] = out
     print(f"overlay: {out}")
@@ -95,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- video-eval
 def build_eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokgen video-eval", description="video PSNR / SSIM of a video tokenizer per "
+    p = CommandParser(prog="tokgen video-eval", description="video PSNR / SSIM of a video tokenizer per "
                                 "number of tokens (trajectory tokens: the first k trajectories of each clip)")
     p.add_argument("--ckpt", required=True, help="video tokenizer checkpoint written by `tokgen fit`")
     p.add_argument("--data", default="moving_shapes", help="moving_shapes (validation clips) or folder:PATH")
@@ -111,13 +124,18 @@ def eval_main(argv: list[str] | None = None) -> dict:
     from ..video import VideoTokenizer, evaluate_video_tokenizer
 
     args = build_eval_parser().parse_args(argv)
-    model = VideoTokenizer.from_checkpoint(args.ckpt)
-    c = model.config
+    check_int("--num-clips", args.num_clips, minimum=1)
+    check_int("--batch-size", args.batch_size, minimum=1)
+    if args.out is not None:
+        check_output_path("--out", args.out, suffixes=(".json",))
     name, _, root = args.data.partition(":")
     if name not in ("moving_shapes", "folder") or (name == "folder") != bool(root):
         raise ValueError(f"--data {args.data!r} is not accepted; use moving_shapes or folder:PATH")
+    model = VideoTokenizer.from_checkpoint(args.ckpt)
+    c = model.config
     K = model.num_tokens
-    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else sorted({min(2**i, K) for i in range(K.bit_length() + 1)})
+    budgets = (sorted(set(parse_budgets(args.budgets, K))) if args.budgets
+               else sorted({min(2**i, K) for i in range(K.bit_length() + 1)}))
     dm = VideoDataModule(dataset=name, root=root or None, num_frames=c.num_frames, image_size=c.image_size,
                          val_size=args.num_clips, trajectories=c.kind == "trajectory",
                          extraction=model.extraction_settings(),

@@ -13,11 +13,16 @@ them before any data is touched) and build ``train_set``, ``val_set`` and ``test
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import math
+import os
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
+import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 # ----------------------------------------------------------------------------------------------------
@@ -25,22 +30,39 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 # ----------------------------------------------------------------------------------------------------
 
 
+def describe_range(kind: str, low: float | None = None, high: float | None = None, low_open: bool = False,
+                   high_open: bool = False) -> str:
+    """What a range check accepts, in words: "a positive int", "a number in [0, 1)", "an int >= 2", ..."""
+    article = "an" if kind == "int" else "a"
+    if kind == "int" and high is None and not low_open and low in (0, 1):
+        return "a non-negative int" if low == 0 else "a positive int"
+    if low is None and high is None:
+        return f"{article} {kind}"
+    if high is None:
+        return f"{article} {kind} {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{article} {kind} {'<' if high_open else '<='} {high:g}"
+    return f"{article} {kind} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
 def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """Return ``value`` if it is an int within [minimum, maximum], else raise a ValueError."""
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if not ok:
-        if minimum == 1 and maximum is None:
-            accepted = "a positive int"
-        elif minimum == 0 and maximum is None:
-            accepted = "a non-negative int"
-        elif maximum is None:
-            accepted = f"an int >= {minimum}"
-        elif minimum is None:
-            accepted = f"an int <= {maximum}"
-        else:
-            accepted = f"an int in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+        raise ValueError(f"{name} must be {describe_range('int', minimum, maximum)}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """Return ``value`` if it is a finite int/float within the interval from ``low`` to ``high`` (open at an end
+    when ``low_open`` / ``high_open``), else raise a ValueError naming the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        raise ValueError(f"{name} must be {describe_range('number', low, high, low_open, high_open)}, got {value!r}")
     return value
 
 
@@ -119,6 +141,37 @@ class ResumableLoader(DataLoader):
         self.sampler.set_epoch(epoch)
         self.sampler.start = batches * self.batch_size
         self.batches = batches
+
+
+def check_init_args(cls: type, init_args: dict, where: str) -> dict:
+    """Return ``init_args`` if every key is a parameter of ``cls.__init__``, else raise a ValueError naming the
+    unknown keys, ``where`` they came from (e.g. a --data file) and the accepted keys (a typo in a YAML spec)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return init_args
+    accepted = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [k for k in init_args if k not in accepted]
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, accepted, 1))
+                 else repr(k) for k in unknown]
+        raise ValueError(f"{where}: unknown init_args {', '.join(hints)} for {cls.__name__}; accepted: "
+                         f"{', '.join(accepted)}")
+    return init_args
+
+
+def read_yaml(path: str, where: str) -> Any:
+    """``yaml.safe_load`` of a file (or, for an inline spec, of the text itself when ``path`` is not a file),
+    turning a syntax error into one ValueError naming ``where`` and the line."""
+    try:
+        if os.path.isfile(path):
+            with open(path) as f:
+                return yaml.safe_load(f)
+        return yaml.safe_load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{where} is not valid YAML{at}: {problem}; accepted: a YAML/JSON mapping") from None
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -41,6 +41,29 @@ from .base import ImageDataModule, check_int
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def open_image(path: str, mode: str = "RGB") -> Image.Image:
+    """Read an image file completely and convert it to ``mode`` ("RGB" or "L").
+
+    16-bit greyscale files (PIL modes I;16*, and mode I holding values above 255) are scaled to 8 bit (v / 257)
+    first: PIL's own conversion clips them, so a 16-bit PNG would read as nearly white. A truncated, corrupt or
+    non-image file raises one ValueError naming the file, instead of a PIL traceback from deep inside a loader."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
+                values = np.asarray(img, dtype=np.float64)
+                if img.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+                    values = values / 257.0
+                img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+            return img.convert(mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"image file {path} is unreadable ({type(err).__name__}: {str(err)[:160]}); accepted: "
+                         f"complete PNG/JPEG/BMP/WebP files (8- or 16-bit); delete or replace this file") from None
+
+
 class ImageFileDataset(Dataset):
     """List of (path, label) -> {"image": (C, S, S) in [-1, 1], "label": int64}; C = 3 (RGB) or 1 (grey)."""
 
@@ -56,8 +79,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert("RGB" if self.channels == 3 else "L")
+        img = open_image(path, "RGB" if self.channels == 3 else "L")
         img = TF.resize(img, self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
         img = TF.center_crop(img, [self.image_size, self.image_size])
         image = TF.pil_to_tensor(img).float().div_(127.5).sub_(1.0)  # (C, S, S) in [-1, 1]

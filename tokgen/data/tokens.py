@@ -44,10 +44,14 @@ def read_index(path: str, require_complete: bool = True) -> dict:
             f"token shards not found: {index_path} does not exist; create them with "
             f"`tokgen tokenize --ckpt <tokenizer.ckpt> --data <data> --split <split> --out {path}`"
         )
-    with open(index_path) as f:
-        index = json.load(f)
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{index_path} is not a tokgen token-shard index (format={index.get('format')!r})")
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index_path} is not valid JSON ({err}); re-run `tokgen tokenize` into a new folder") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise ValueError(f"{index_path} is not a tokgen token-shard index "
+                         f"(format={index.get('format') if isinstance(index, dict) else None!r})")
     if require_complete and not index.get("complete"):
         done = sum(s["num_examples"] for s in index.get("shards", []))
         raise ValueError(
@@ -62,7 +66,16 @@ def load_token_shards(path: str) -> tuple[dict, torch.Tensor, torch.Tensor, torc
     index = read_index(path)
     codes, lengths, labels = [], [], []
     for shard in index["shards"]:
-        tensors = load_file(os.path.join(path, shard["file"]))
+        shard_path = os.path.join(path, shard["file"])
+        try:
+            tensors = load_file(shard_path)
+        except Exception as err:  # missing, truncated or overwritten file: safetensors raises its own error types
+            raise ValueError(f"token shard {shard_path} is unreadable ({type(err).__name__}: {str(err)[:160]}); "
+                             f"re-run the same `tokgen tokenize` command to rewrite it") from None
+        missing = [k for k in ("codes", "lengths", "labels") if k not in tensors]
+        if missing:
+            raise ValueError(f"token shard {shard_path} has no {', '.join(missing)}; re-run the same "
+                             f"`tokgen tokenize` command to rewrite it")
         if tensors["codes"].shape[0] != shard["num_examples"]:
             raise ValueError(f"shard {shard['file']} in {path} holds {tensors['codes'].shape[0]} examples, "
                              f"index says {shard['num_examples']}; re-run `tokgen tokenize`")

@@ -33,6 +33,35 @@ def sample_uniforms(seed: int, indices: Sequence[int], num_steps: int) -> torch.
     return torch.stack(rows) if rows else torch.empty(0, num_steps)
 
 
+# ---------------------------------------------------------------------------------------------------- options
+API_NAMES = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "cfg": "cfg_scale",
+             "cfg_schedule": "cfg_schedule"}
+FLAG_NAMES = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "cfg": "--cfg",
+              "cfg_schedule": "--cfg-schedule"}
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, cfg_scale: float = 1.0,
+                   cfg_schedule: str = "constant", names: dict[str, str] = API_NAMES) -> None:
+    """Refuse sampling settings that would silently do something else: a negative temperature (0 = greedy), a
+    negative top-k (0 or None = all codes), a top-p outside (0, 1] (1 or None = off), a negative guidance scale
+    (0 = the unconditional model, 1 = off). ``names``: how the messages call them (FLAG_NAMES for the CLI)."""
+    for key, value in (("temperature", temperature), ("top_p", top_p), ("cfg", cfg_scale)):
+        if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value)):
+            raise ValueError(f"{names[key]}={value!r} must be a finite number")
+    if temperature < 0:
+        raise ValueError(f"{names['temperature']}={temperature} must be >= 0 (0 = greedy, 1 = the model's "
+                         f"distribution)")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise ValueError(f"{names['top_k']}={top_k!r} must be an int >= 0 (0 = keep every code)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"{names['top_p']}={top_p} must be in (0, 1] (1 = off)")
+    if cfg_scale < 0:
+        raise ValueError(f"{names['cfg']}={cfg_scale} must be >= 0 (1 = no guidance, 0 = the unconditional model)")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"{names['cfg_schedule']} {cfg_schedule!r} is not accepted; use one of "
+                         f"{', '.join(CFG_SCHEDULES)}")
+
+
 # ---------------------------------------------------------------------------------------------------- one token
 def sample_next(
     logits: torch.Tensor,
@@ -133,8 +162,7 @@ def generate(
         check_labels(labels, c.num_classes)
     B = labels.shape[0]
     check_budget(num_tokens, c.block_size)
-    if cfg_schedule not in CFG_SCHEDULES:
-        raise ValueError(f"cfg_schedule={cfg_schedule!r} is not supported; use one of {CFG_SCHEDULES}")
+    check_sampling(temperature, top_k, top_p, cfg_scale, cfg_schedule)
     guided = cfg_scale != 1.0
     if guided and c.num_classes == 0:
         raise ValueError(f"cfg_scale={cfg_scale} needs a class-conditional generator; this one is unconditional")

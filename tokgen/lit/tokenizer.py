@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..data.base import check_int, check_number
 from ..metrics import psnr, to_unit
 from ..tokenizers import Tokenizer1D, TokenizerConfig, power_of_two_budgets, sample_keep_lengths
 from ..tokenizers.nested_dropout import KEEP_MODES
@@ -40,8 +41,22 @@ class OptimConfig:
     warmup_steps: int = 100
     total_steps: int | None = None  # None: the trainer's max_steps
     min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = 1.0  # max gradient norm; None or 0 = no clipping
     disc_lr: float | None = None  # None: same as lr
+
+    def __post_init__(self):
+        check_number("optim.lr", self.lr, 0, low_open=True)
+        check_number("optim.weight_decay", self.weight_decay, 0)
+        for name in ("beta1", "beta2"):
+            check_number(f"optim.{name}", getattr(self, name), 0, 1, high_open=True)
+        check_int("optim.warmup_steps", self.warmup_steps, minimum=0)
+        if self.total_steps is not None:
+            check_int("optim.total_steps", self.total_steps, minimum=1)
+        check_number("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        if self.grad_clip is not None:
+            check_number("optim.grad_clip", self.grad_clip, 0)
+        if self.disc_lr is not None:
+            check_number("optim.disc_lr", self.disc_lr, 0, low_open=True)
 
 
 class TokenizerModule(L.LightningModule):

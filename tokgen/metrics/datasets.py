@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import yaml
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import FashionMNISTDataModule, ImageFolderDataModule, ShapesDataModule
-from ..data.folder import DEFAULT_EXTENSIONS, _find_images
+from ..data.base import check_init_args, read_yaml
+from ..data.folder import DEFAULT_EXTENSIONS, _find_images, open_image
 
 DATA_ACCEPTED = "'shapes', 'fmnist', 'folder:PATH' or a YAML file with a datamodule (class_path/init_args or a recipe's data: section)"
 SPLITS = ("test", "val", "train")
@@ -53,8 +52,7 @@ class EvalData:
 
 
 def _load_yaml_datamodule(path: str, overrides: dict):
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
+    cfg = read_yaml(path, f"--data {path}")
     if isinstance(cfg, dict) and isinstance(cfg.get("data"), dict):
         cfg = cfg["data"]
     if not isinstance(cfg, dict) or "class_path" not in cfg:
@@ -65,8 +63,9 @@ def _load_yaml_datamodule(path: str, overrides: dict):
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise ValueError(f"--data {path}: class_path {class_path!r} cannot be imported") from None
-    init_args = dict(cfg.get("init_args") or {})
-    init_args.update(overrides)
+    if not isinstance(cfg.get("init_args") or {}, dict):
+        raise ValueError(f"--data {path}: init_args must be a mapping of argument names to values")
+    init_args = check_init_args(cls, {**(cfg.get("init_args") or {}), **overrides}, f"--data {path}")
     return cls(**init_args), {"class_path": class_path, "init_args": init_args}
 
 
@@ -169,13 +168,12 @@ class SampleFolder(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.paths[index]
-        with Image.open(path) as img:
-            if img.size != (self.image_size, self.image_size):
-                raise ValueError(
-                    f"mismatched image size: sample {path} is {img.size[0]}x{img.size[1]} but the real images are "
-                    f"{self.image_size}x{self.image_size}; save samples at the real set's size"
-                )
-            img = img.convert("RGB" if self.channels == 3 else "L")
-            x = torch.from_numpy(np.asarray(img).copy())
+        img = open_image(path, "RGB" if self.channels == 3 else "L")
+        if img.size != (self.image_size, self.image_size):
+            raise ValueError(
+                f"mismatched image size: sample {path} is {img.size[0]}x{img.size[1]} but the real images are "
+                f"{self.image_size}x{self.image_size}; save samples at the real set's size"
+            )
+        x = torch.from_numpy(np.asarray(img).copy())
         x = x.permute(2, 0, 1) if x.dim() == 3 else x[None]  # (C, S, S) uint8
         return {"image_uint8": x}

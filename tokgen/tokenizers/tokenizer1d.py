@@ -29,6 +29,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ..config import DictConfig
+from ..data.base import check_number
 from ..nn import PatchEmbed, Transformer, build_pos_emb, check_patch_grid, unpatchify
 from ..quantize import QuantizerConfig
 from ..weights import load_state_strict, read_safetensors
@@ -71,6 +72,10 @@ class TokenizerConfig(DictConfig):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.width % self.num_heads != 0:
             raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}")
+        check_number("mlp_ratio", self.mlp_ratio, 0, low_open=True)
+        if int(self.width * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio!r} gives an MLP of width {self.width} * {self.mlp_ratio} < 1; "
+                             f"accepted: mlp_ratio >= {1 / self.width:g} (e.g. 4.0)")
 
 
 def register_attention_mask(num_patches: int, num_tokens: int, mode: str) -> torch.Tensor | None:

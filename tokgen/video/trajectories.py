@@ -335,6 +335,9 @@ def _link(seg: np.ndarray, warped: np.ndarray, lab: np.ndarray, next_id: int, cf
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
+MIN_FLOW_SIZE = 12  # OpenCV's DIS optical flow needs a frame whose width or height is at least this
+
+
 def extract_trajectories(
     video,
     config: ExtractionConfig | dict | None = None,
@@ -360,6 +363,9 @@ def extract_trajectories(
 
     scale = min(1.0, cfg.work_size / max(H, W)) if cfg.work_size else 1.0
     h, w = max(1, round(H * scale)), max(1, round(W * scale))
+    if T > 1 and max(h, w) < MIN_FLOW_SIZE:
+        raise ValueError(f"frames of {H}x{W} (working size {w}x{h}) are too small for optical flow; accepted: "
+                         f"frames whose larger side is >= {MIN_FLOW_SIZE} px (and work_size >= {MIN_FLOW_SIZE})")
     small = frames if (h, w) == (H, W) else np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
     grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in small])
     source = mask_source or SuperpixelSegmenter(cfg.n_segments, cfg.compactness, cfg.slic_iters, cfg.merge_threshold)
