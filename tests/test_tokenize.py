@@ -94,7 +94,7 @@ def test_token_shard_datamodule(tiny_config, tmp_path):
 
 def test_data_specs_and_errors(tiny_config, tmp_path):
     assert parse_data_spec("folder:/x/y", 16, 3) == {
-        "class_path": "tokgen.data.ImageFolderDataModule", "init_args": {"root": "/x/y", "image_size": 16}}
+        "class_path": "tokgen.data.ImageFolderDataModule", "init_args": {"root": "/x/y", "image_size": 16, "channels": 3}}
     assert parse_data_spec("fmnist", 32, 1)["init_args"] == {"image_size": 32, "channels": 1}
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"data": {"class_path": "ShapesDataModule", "init_args": {"max_shapes": 2}}}))
