@@ -432,3 +432,37 @@ def test_refit_halting_command_stores_the_calibrated_threshold(tmp_path):
     loaded = HaltingTokenizer.from_checkpoint(str(out))
     assert loaded.config.halt_threshold == cal["threshold"]
     assert HaltingTokenizer.from_checkpoint(ckpt).config.halt_threshold == 0.5  # the input is untouched
+
+
+def test_generator_trained_on_halting_lengths_refuses_another_halting_head(tmp_path):
+    """Token shards made at a target error record the halting identity (head fingerprint, threshold, eps); a
+    generator trained on them samples with that tokenizer, and is refused with a tokenizer whose halting head
+    differs (its lengths would mean something else), or with a fixed-length tokenizer."""
+    from tokgen.data.tokens import read_index
+    from tokgen.generator import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    tok = spread_halting(HaltingTokenizer(halting_config()))
+    ckpt = save_halting(tmp_path / "halting.ckpt", tok)
+    tokens = tmp_path / "tokens"
+    main(["tokenize", "--ckpt", ckpt, "--data", "shapes", "--out", str(tokens), "--limit", "8", "--target-error", "0.1",
+          "--no-progress"])
+    identity = read_index(str(tokens))["tokenizer"]
+    assert identity["halting"]["target_error"] == 0.1 and len(identity["halting"]["fingerprint"]) == 16
+    gen = GPT(GPTConfig(vocab_size=tok.quantizer.codebook_size, block_size=8, num_classes=4, dim=32, n_layer=1,
+                        n_head=2, use_eos=True))
+    gen_path = tmp_path / "gen.ckpt"
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in gen.state_dict().items()},
+                "tokgen": {"kind": "generator", "generator_config": gen.config.to_dict(), "tokenizer": identity}},
+               gen_path)
+    args = ["sample", "--generator", str(gen_path), "--eos", "--num", "2", "--classes", "0"]
+    main([*args, "--tokenizer", ckpt, "--out", str(tmp_path / "ok.png")])
+    assert (tmp_path / "ok.png").exists()
+    with torch.no_grad():
+        tok.halt_head.bias += 0.5  # a refit head: same codes, other lengths
+    other = save_halting(tmp_path / "other.ckpt", tok)
+    with pytest.raises(SystemExit) as err:
+        main([*args, "--tokenizer", other, "--out", str(tmp_path / "no.png")])
+    message = str(err.value.code)
+    assert f"fingerprint {identity['halting']['fingerprint']}" in message and "halting fingerprint" in message
+    assert not (tmp_path / "no.png").exists()

@@ -258,7 +258,7 @@ def tokenize(args: argparse.Namespace) -> dict:
     if n < 1:
         raise ValueError(f"the {args.split} split of {args.data!r} is empty")
 
-    identity = tokenizer_identity(tokenizer, args.ckpt)
+    identity = tokenizer_identity(tokenizer, args.ckpt, target_error, getattr(args, "halt_threshold", None))
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION, "split": args.split, "data": json.loads(json.dumps(spec)),
         "num_examples": n,

@@ -20,15 +20,34 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenizer_identity(tokenizer, checkpoint: str | None = None) -> dict:
-    """What a generator must know about the tokenizer whose codes it models."""
-    return {
+def tokenizer_identity(tokenizer, checkpoint: str | None = None, target_error: float | None = None,
+                       threshold: float | None = None) -> dict:
+    """What a generator must know about the tokenizer whose codes it models. Codes encoded with a halting
+    tokenizer at a target error also carry the ``halting`` identity (see :func:`halting_identity`)."""
+    identity = {
         "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
         "codebook_size": int(tokenizer.quantizer.codebook_size),
         "num_tokens": int(tokenizer.num_tokens),
         "config": tokenizer.config.to_dict(),
         "fingerprint": weights_fingerprint(tokenizer),
     }
+    if target_error is not None:
+        identity["halting"] = halting_identity(tokenizer, target_error, threshold)
+    return identity
+
+
+def halting_identity(tokenizer, target_error: float | None = None, threshold: float | None = None) -> dict:
+    """What decides the lengths of a halting tokenizer's sequences: its halting head (and the target-error
+    embedding that conditions it), the halting threshold and the target error. A generator trained on such
+    lengths learned them from exactly this."""
+    h = hashlib.sha256()
+    for name, tensor in tokenizer.state_dict().items():
+        if name.startswith(("halt_", "eps_embed")):
+            t = tensor.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}:{tuple(tensor.shape)}".encode() + t.view(torch.uint8).numpy().tobytes())
+    return {"fingerprint": h.hexdigest()[:16],
+            "threshold": float(tokenizer.config.halt_threshold if threshold is None else threshold),
+            "target_error": None if target_error is None else float(target_error)}
 
 
 def _code_space(quantizer: dict | None) -> dict | None:
@@ -73,6 +92,15 @@ def check_generator_tokenizer(generator, tokenizer, tokenizer_path: str = "the t
             f"generator {generator_path} was trained on another tokenizer: quantizer {trained_space}, "
             f"but tokenizer {tokenizer_path} has {have_space}; {hint}"
         )
+    halting = info.get("halting")
+    if halting:  # the generator learned lengths chosen by a halting head: only that head may decode them
+        have = halting_identity(tokenizer, halting.get("target_error")) if hasattr(tokenizer, "halt_head") else None
+        if have is None or have["fingerprint"] != halting["fingerprint"]:
+            raise ValueError(
+                f"generator {generator_path} was trained on lengths chosen by a halting head with fingerprint "
+                f"{halting['fingerprint']} (target error {halting.get('target_error')}), but tokenizer "
+                f"{tokenizer_path} " + ("is not a halting tokenizer" if have is None else
+                                        f"has halting fingerprint {have['fingerprint']}") + f"; {hint}")
     fingerprint = weights_fingerprint(tokenizer) if info.get("fingerprint") else None
     if fingerprint and info["fingerprint"] != fingerprint:
         print(
