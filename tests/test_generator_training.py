@@ -21,10 +21,18 @@ def pattern(labels):
     return (3 * labels[:, None] + torch.arange(K)[None]) % V
 
 
-def write_shards(folder, n=N, identity=IDENTITY):
+def planted_lengths(labels):
+    """The length rule of the EOS test: class c keeps 1 + c codes (1, 2, 3, 4 of K = 6)."""
+    return 1 + labels
+
+
+def write_shards(folder, n=N, identity=IDENTITY, lengths=None):
     os.makedirs(folder, exist_ok=True)
     labels = torch.arange(n) % C
-    save_file({"codes": pattern(labels).to(torch.int16), "lengths": torch.full((n,), K, dtype=torch.int32),
+    codes = pattern(labels)
+    lengths = torch.full((n,), K) if lengths is None else lengths(labels)
+    codes = codes.masked_fill(torch.arange(K)[None] >= lengths[:, None], 0)  # zero-padded past each length
+    save_file({"codes": codes.to(torch.int16), "lengths": lengths.to(torch.int32),
                "labels": labels}, os.path.join(folder, "shard_00000.safetensors"))
     index = {"format": FORMAT, "version": 1, "split": "train", "num_examples": n, "shard_size": n, "num_shards": 1,
              "num_tokens": K, "codebook_size": V, "num_classes": C, "tokenizer": identity, "complete": True,
@@ -34,7 +42,7 @@ def write_shards(folder, n=N, identity=IDENTITY):
     return str(folder)
 
 
-def write_recipe(tmp_path, max_steps=60, **generator):
+def write_recipe(tmp_path, max_steps=60, lengths=None, **generator):
     gen = {"vocab_size": V, "block_size": K, "num_classes": C, "dim": 32, "n_layer": 2, "n_head": 2, "hidden_dim": 64}
     gen.update(generator)
     cfg = {
@@ -46,7 +54,7 @@ def write_recipe(tmp_path, max_steps=60, **generator):
         "model": {"class_path": "tokgen.lit.GeneratorModule", "init_args": {
             "generator": gen, "optim": {"lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.0}, "ema_decay": 0.9}},
         "data": {"class_path": "tokgen.data.TokenShardDataModule", "init_args": {
-            "path": write_shards(tmp_path / "tokens"), "val_size": 32, "batch_size": 32}},
+            "path": write_shards(tmp_path / "tokens", lengths=lengths), "val_size": 32, "batch_size": 32}},
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -78,6 +86,19 @@ def test_generator_learns_class_pattern_and_checkpoint_holds_tokenizer_identity(
     with pytest.raises(ValueError, match="trained on codes of tokenizer weights 0123456789abcdef"):
         lightning_main(["fit", "--config", str(tmp_path / "recipe.yaml"), "--trainer.max_steps=80",
                         "--ckpt_path", ckpt_path])
+
+
+def test_eos_generator_learns_the_planted_length_rule(tmp_path):
+    """Shards whose length follows the class (1 + class codes, then EOS): a generator trained with use_eos ends
+    every sample where the rule says, with the class's codes before it."""
+    lightning_main(["fit", "--config", write_recipe(tmp_path, max_steps=90, lengths=planted_lengths, use_eos=True)])
+    model = GPT.from_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    labels = torch.arange(C).repeat(8)
+    codes, lengths = generate(model, labels, K, stop_at_eos=True, temperature=0.5, slots=8,
+                              generator=torch.Generator().manual_seed(0))
+    assert (lengths == planted_lengths(labels)).float().mean() >= 0.95, lengths.view(8, C)
+    keep = torch.arange(K)[None] < lengths[:, None]
+    assert (codes == pattern(labels))[keep].float().mean() >= 0.95
 
 
 @pytest.mark.parametrize("override, message", [
