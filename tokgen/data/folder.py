@@ -36,6 +36,17 @@ from .base import ImageDataModule, check_int
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def load_image_uint8(path: str, image_size: int) -> torch.Tensor:
+    """One image file -> (3, S, S) uint8: RGB, shorter side resized to S (bicubic, antialiased), center crop.
+    The one transform shared by :class:`ImageFileDataset` and ``tokgen prepare-data`` (streaming chunks), so
+    both give the same pixels for the same file."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+    img = TF.resize(img, image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    img = TF.center_crop(img, [image_size, image_size])
+    return TF.pil_to_tensor(img)
+
+
 class ImageFileDataset(Dataset):
     """List of (path, label) -> {"image": (3, S, S) in [-1, 1], "label": int64}."""
 
@@ -49,11 +60,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-        img = TF.resize(img, self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        img = TF.center_crop(img, [self.image_size, self.image_size])
-        image = TF.pil_to_tensor(img).float().div_(127.5).sub_(1.0)  # (3, S, S) in [-1, 1]
+        image = load_image_uint8(path, self.image_size).float().div_(127.5).sub_(1.0)  # (3, S, S) in [-1, 1]
         if self.random_flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return {"image": image, "label": torch.tensor(label, dtype=torch.int64)}
