@@ -355,6 +355,8 @@ def test_streaming_datamodule_bad_path_and_kind(chunks, tmp_path):
         StreamingImageDataModule(str(tmp_path / "nothing")).setup()
     with pytest.raises(ValueError, match="holds streamed images, not tokens"):
         StreamingTokenDataModule(str(out))
+    unread = StreamingImageDataModule(str(tmp_path / "nothing"), image_size=SIZE)  # recipes build before the data
+    assert (unread.image_size, unread.num_classes, unread.classes) == (SIZE, None, None)
     with pytest.raises(ValueError, match="image_size=32 but the streamed images"):
         StreamingImageDataModule(str(out), image_size=32)
 

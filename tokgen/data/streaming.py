@@ -348,6 +348,7 @@ class StreamingImageDataModule(StreamingDataModule):
         self.image_size = None if image_size is None else check_int("image_size", image_size, minimum=8)
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, minimum=1)
         self.channels = 3
+        self.classes: list[str] | None = None  # class subfolder names, from tokgen.json
         self.random_flip = bool(random_flip)
         super().__init__(path, batch_size=batch_size, num_workers=num_workers, val_batch_size=val_batch_size,
                          seed=seed)
