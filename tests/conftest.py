@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -10,6 +11,13 @@ FMNIST_RAW = "/usr/share/datasets/fashion-mnist"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
                  "--trainer.precision=32-true", "--trainer.num_nodes=1"]
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for process-group rendezvous in multi-process tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def build_on_meta(recipe, tmp_path, extra=()):

@@ -19,6 +19,8 @@ PAPER_SCALE = {
     "configs/generator/imagenet_gpt_b_fsdp.yaml": 184_026_624,
     "configs/generator/imagenet_gpt_l.yaml": 440_428_544,
     "configs/generator/imagenet_gpt_l_fsdp.yaml": 440_428_544,
+    "configs/generator/imagenet_gpt_b_streaming.yaml": 184_026_624,
+    "configs/generator/imagenet_gpt_l_streaming.yaml": 440_428_544,
 }
 
 

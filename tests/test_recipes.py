@@ -15,6 +15,7 @@ PAPER_SCALE = {
     "configs/tokenizer/imagenet_flextok_d18.yaml": 576_820_998,
     "configs/tokenizer/imagenet_flextok_d18_flow.yaml": 723_951_430,  # flow decoder: + AdaLN modulation per block
 }
+PAPER_SCALE.update({k.replace(".yaml", "_streaming.yaml"): v for k, v in PAPER_SCALE.items()})  # same models
 
 
 @pytest.mark.parametrize("recipe", sorted(PAPER_SCALE))

@@ -1,7 +1,6 @@
 """`tokgen sample` / sample/images.py: PNG grids per budget, identical images on 1 and 2 processes,
 one clear error for each bad input."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import free_port
 from tokgen.cli import main
 from tokgen.generator import GPT, GPTConfig, tokenizer_identity
 from tokgen.tokenizers import Tokenizer1D
@@ -65,12 +65,6 @@ def test_sample_writes_a_grid_per_budget_and_every_image(models, tmp_path):
     main(["sample", "--tokenizer", tok, "--generator", gen, "--budget", "4", "--num", "2",
           "--out", str(tmp_path / "one.png")])
     assert Image.open(tmp_path / "one.png").size == (2 * 17 + 1, 3 * 17 + 1)  # all 3 classes by default
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_same_seed_same_images_on_one_and_two_processes(models, tmp_path):

@@ -217,6 +217,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-features": ("tokgen.commands.train_features:main", "train a small classifier, save it as a feature extractor (safetensors)"),
     "video-tokenize": ("tokgen.commands.video_tokenize:main", "extract a video's trajectories (count + overlay video), optionally its tokens"),
     "video-eval": ("tokgen.commands.video_tokenize:eval_main", "video PSNR / SSIM of a video tokenizer per number of tokens"),
+    "prepare-data": ("tokgen.commands.prepare_data:main", "write an image folder or token shards as streaming chunks (litdata)"),
 }
 
 

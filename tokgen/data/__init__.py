@@ -6,6 +6,8 @@
 - :class:`TokenShardDataModule` — codes written by ``tokgen tokenize`` (generator training).
 - :class:`VideoDataModule` — video clips: ``moving_shapes`` (synthetic, ground-truth tracks) or a video folder,
   optionally with extracted trajectories (see :mod:`tokgen.data.video`).
+- :mod:`tokgen.data.streaming` — ``StreamingImageDataModule`` / ``StreamingTokenDataModule``: litdata chunks written
+  by ``tokgen prepare-data``, for many ranks and mid-epoch resume (imported on use; it loads litdata).
 """
 
 from .base import ImageDataModule

@@ -64,6 +64,16 @@ def open_image(path: str, mode: str = "RGB") -> Image.Image:
                          f"complete PNG/JPEG/BMP/WebP files (8- or 16-bit); delete or replace this file") from None
 
 
+def load_image_uint8(path: str, image_size: int, mode: str = "RGB") -> torch.Tensor:
+    """One image file -> (C, S, S) uint8 (C = 3 for "RGB", 1 for "L"): read by :func:`open_image`, shorter side
+    resized to S (bicubic, antialiased), center crop. The one transform shared by :class:`ImageFileDataset` and
+    ``tokgen prepare-data`` (streaming chunks), so both give the same pixels for the same file."""
+    img = open_image(path, mode)
+    img = TF.resize(img, image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    img = TF.center_crop(img, [image_size, image_size])
+    return TF.pil_to_tensor(img)
+
+
 class ImageFileDataset(Dataset):
     """List of (path, label) -> {"image": (C, S, S) in [-1, 1], "label": int64}; C = 3 (RGB) or 1 (grey)."""
 
@@ -79,10 +89,8 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, label = self.samples[index]
-        img = open_image(path, "RGB" if self.channels == 3 else "L")
-        img = TF.resize(img, self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        img = TF.center_crop(img, [self.image_size, self.image_size])
-        image = TF.pil_to_tensor(img).float().div_(127.5).sub_(1.0)  # (C, S, S) in [-1, 1]
+        image = load_image_uint8(path, self.image_size, "RGB" if self.channels == 3 else "L")
+        image = image.float().div_(127.5).sub_(1.0)  # (C, S, S) in [-1, 1]
         if self.random_flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return {"image": image, "label": torch.tensor(label, dtype=torch.int64)}
