@@ -10,10 +10,12 @@ in time; a recipe that fails or runs out of time is reported as such and the nex
                 extra forward) per median step over a bf16 matmul peak measured at the start of the same run.
                 FLOPs are counted by torch's FlopCounterMode on the meta device (the transformers' matmuls and
                 attention; quantizer, loss networks such as LPIPS and the frozen VAE are not counted).
-  tokenizers    encode and decode images/s at batch 256 (bf16 autocast, eager, a fresh copy of the weights).
+  tokenizers    encode and decode images/s at batch 256 (bf16 autocast, eager, a fresh copy of the weights), and
+                the attention kernels SDPA dispatches to (flash / efficient / math) for that tokenizer.
   generators    decode tokens/s at batch 64 for k = 32, 64, 128, 256, without and with CFG (scale 2, i.e. 128
                 rows), through ``generate(..., compile=True)`` (static cache, CUDA graphs), plus the eager cached
-                path at the largest k for comparison.
+                path at the largest k for comparison, and the attention kernels of a training forward and of
+                the cached decode steps.
 The recipes run with their speed levers (``model.init_args.speed``) as written; ``--set KEY=VALUE`` changes any
 recipe key for every recipe (e.g. ``--set model.init_args.speed.activation_checkpointing=false``). Data:
 ``tokgen.data.synthetic`` (smooth 256x256 images, or code sequences that follow the class), so the loss falls
@@ -285,6 +287,18 @@ def fresh_copy(model: torch.nn.Module, build) -> torch.nn.Module:
     return copy_.to(next(model.parameters()).device).eval()
 
 
+def sdpa_kernels(fn) -> list[str]:
+    """The aten attention kernels ``scaled_dot_product_attention`` dispatches to in one call of ``fn`` (flash,
+    efficient / memory-efficient, cudnn or math), read from the profiler's op names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted({e.key.replace("aten::", "") for e in prof.key_averages()
+                   if e.key.startswith("aten::_scaled_dot_product") or e.key.startswith("aten::_flash_attention")
+                   or e.key.startswith("aten::_efficient_attention")})
+
+
 def tokenizer_inference(module, args, device, deadline: float) -> dict:
     """Encode and decode images/s at batch ``args.codec_batch`` (bf16 autocast on CUDA; a flow tokenizer decodes
     with its recipe's sampling steps)."""
@@ -296,6 +310,7 @@ def tokenizer_inference(module, args, device, deadline: float) -> dict:
     out = {"batch": B}
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         codes = tok.encode(images)
+        out["sdpa_kernels"] = sdpa_kernels(lambda: tok.decode(tok.encode(images[:2])))
         t = timed_call(lambda: tok.encode(images), sync)
         out["encode_images_per_s"] = round(B / t, 1)
         if time.perf_counter() < deadline:
@@ -323,6 +338,10 @@ def generator_inference(module, args, device, deadline: float) -> dict:
     ks = [k for k in DECODE_KS if k <= c.block_size] or [c.block_size]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {"batch": B, "dtype": str(dtype).replace("torch.", ""), "compiled": {}, "eager": {}}
+    codes = torch.randint(c.vocab_size, (2, c.block_size), device=device)
+    with torch.no_grad():  # the attention of the teacher-forced forward (is_causal; eval: no dropout), of decoding
+        out["sdpa_kernels_training"] = sdpa_kernels(lambda: model.loss(codes, labels[:2]))
+        out["sdpa_kernels_decode"] = sdpa_kernels(lambda: generate(model, labels[:2], 2))
     for cfg_scale in (1.0, 2.0):
         tag = "cfg" if cfg_scale != 1.0 else "nocfg"
         for i, k in enumerate(ks):

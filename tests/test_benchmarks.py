@@ -105,11 +105,14 @@ def test_gpu_check_tiny_runs_every_kind_of_recipe_through_the_trainer(tmp_path, 
     titok, flow = result["recipes"]["imagenet_titok_l32"], result["recipes"]["imagenet_flextok_d18_flow"]
     for r in (titok, flow):
         assert r["codec"]["batch"] == 4 and r["codec"]["encode_images_per_s"] > 0 and r["codec"]["decode_images_per_s"] > 0
+        assert r["codec"]["sdpa_kernels"] and all(k.startswith("_scaled_dot_product") for k in r["codec"]["sdpa_kernels"])
     assert titok["speed"]["activation_checkpointing"] and not flow["speed"]["activation_checkpointing"]
     assert result["recipes"]["shapes_halting_gpu"]["speedup_vs_45ms"] > 0
     gen = result["recipes"]["imagenet_gpt_l_fsdp"]["generation"]
     assert set(gen["compiled"]) == {"nocfg_k16", "cfg_k16"} and set(gen["eager"]) == {"nocfg_k16", "cfg_k16"}
     assert all(v["tokens_per_s"] > 0 for v in gen["compiled"].values())
+    assert gen["sdpa_kernels_decode"] == ["_scaled_dot_product_flash_attention_for_cpu"]
+    assert gen["sdpa_kernels_training"] == ["_scaled_dot_product_flash_attention_for_cpu"]  # is_causal, no mask
 
 
 @pytest.mark.parametrize("argv,message", [
