@@ -13,7 +13,7 @@ in time; a recipe that fails or runs out of time is reported as such and the nex
   tokenizers    encode and decode images/s at batch 256 (bf16 autocast, eager, a fresh copy of the weights), and
                 the attention kernels SDPA dispatches to (flash / efficient / math) for that tokenizer.
   generators    decode tokens/s at batch 64 for k = 32, 64, 128, 256, without and with CFG (scale 2, i.e. 128
-                rows), through ``generate(..., compile=True)`` (static cache, CUDA graphs), plus the eager cached
+                rows; not for the FSDP variants, whose model is their DDP recipe's), through ``generate(..., compile=True)`` (static cache, CUDA graphs), plus the eager cached
                 path at the largest k for comparison, and the attention kernels of a training forward and of
                 the cached decode steps.
 The recipes run with their speed levers (``model.init_args.speed``) as written; ``--set KEY=VALUE`` changes any
@@ -74,9 +74,12 @@ RECIPES = {
 # seconds each section may take on the GPU (training with its compilation, then its encode/decode or generation
 # part), plus whatever earlier sections left unused; the FSDP variants repeat their DDP recipe's model, so they get
 # the least
-BUDGET_S = {"imagenet_titok_l32": 75, "imagenet_flextok_d18": 70, "imagenet_gpt_b": 55, "imagenet_gpt_l": 65,
-            "shapes_halting_gpu": 35, "imagenet_flextok_d18_flow": 70, "imagenet_gpt_b_fsdp": 30,
-            "imagenet_gpt_l_fsdp": 35}
+BUDGET_S = {"imagenet_titok_l32": 80, "imagenet_flextok_d18": 75, "imagenet_gpt_b": 75, "imagenet_gpt_l": 85,
+            "shapes_halting_gpu": 35, "imagenet_flextok_d18_flow": 60, "imagenet_gpt_b_fsdp": 20,
+            "imagenet_gpt_l_fsdp": 25}
+# share of a section's budget its training may take (the rest: encode/decode, or the decode step's compilation
+# and the sweep); the FSDP variants only train (their model and decoding are those of the DDP recipe)
+TRAIN_SHARE = {"tokenizer": 0.75, "flow": 0.75, "halting": 1.0, "generator": 0.5}
 HALTING_BASELINE_MS = 45.0  # the one earlier GPU measurement of shapes_halting_gpu's step (issue 20)
 DECODE_KS = (32, 64, 128, 256)
 
@@ -389,7 +392,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="training steps per recipe (default 30; --tiny 3)")
     p.add_argument("--warmup", type=int, default=None,
                    help="first steps left out of the timing (compilation; default 10; --tiny 1)")
-    p.add_argument("--total-s", type=float, default=450.0, help="time budget of the whole run in seconds")
+    p.add_argument("--total-s", type=float, default=460.0, help="time budget of the recipes in seconds")
     p.add_argument("--codec-batch", type=int, default=None, help="encode/decode batch (default 256; --tiny 4)")
     p.add_argument("--decode-batch", type=int, default=None, help="generation batch (default 64; --tiny 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -442,10 +445,11 @@ def main(argv=None) -> dict:
             log(f"{name}: training {args.steps} steps ...")
             module = None
             try:
-                train_budget = 0.7 * budget
+                sharded = name.endswith("_fsdp")
+                train_budget = budget * (1.0 if sharded else TRAIN_SHARE[kind])
                 report, module = run_training(name, kind, args, workdir, train_budget, peak["tflops"] * 1e12, device)
                 deadline = section_start + budget
-                if "error" not in report:
+                if "error" not in report and not sharded:
                     if kind == "generator":
                         report["generation"] = generator_inference(module, args, device, deadline)
                     elif kind in ("tokenizer", "flow"):

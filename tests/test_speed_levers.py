@@ -29,6 +29,15 @@ GPU_RECIPES = sorted(glob.glob("configs/tokenizer/imagenet_*.yaml", root_dir=ROO
                      + ["configs/tokenizer/shapes_halting_gpu.yaml"])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread (a second only adds synchronisation to these shapes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def models():
     """(name, model, loss function) of a tokenizer with causal registers, a flow tokenizer and a GPT."""
     torch.manual_seed(0)
