@@ -215,8 +215,8 @@ def test_cpu_recipes_keep_the_levers_off(recipe, tmp_path):
 def test_sdpa_without_masks_takes_the_flash_kernel():
     """Where no mask is needed the attention passes none (the GPT's causal training forward uses is_causal, the
     tokenizer decoder and bidirectional encoder attend fully), so SDPA can dispatch to a flash kernel; checked
-    on CPU's flash kernel here (on CUDA, bool masks such as the causal-register encoder's take the
-    memory-efficient kernel, not the math path)."""
+    on CPU's flash kernel here (on CUDA, bool masks such as the causal-register encoder's are eligible for the
+    memory-efficient kernel; benchmarks/gpu_check.py records the kernels used on the device)."""
     from torch.profiler import ProfilerActivity, profile
 
     def kernels(fn):
