@@ -80,3 +80,58 @@ def test_run_all_targets_and_table():
 def test_last_json_takes_the_last_json_line():
     assert last_json('progress\n{"a": 1}\n{"b": 2}\n') == {"b": 2}
     assert last_json("no json here") is None
+
+
+def test_gpu_check_tiny_runs_every_kind_of_recipe_through_the_trainer(tmp_path, capsys):
+    """benchmarks/gpu_check.py --tiny: the GPU check's code path on CPU (tiny sizes, 3 fp32 steps, compile with
+    aot_eager): a VQ tokenizer with LPIPS and a discriminator, the flow tokenizer (random VAE), the halting recipe
+    a generator recipe and an FSDP one (unsharded on CPU, training only), each trained through the Lightning
+    Trainer and measured."""
+    import json
+
+    from gpu_check import main
+
+    names = ["imagenet_titok_l32", "imagenet_flextok_d18_flow", "shapes_halting_gpu", "imagenet_gpt_l",
+             "imagenet_gpt_b_fsdp"]
+    out = tmp_path / "gpu_check.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes: a second thread only adds synchronisation (2-3x slower on 2 cores)
+    try:
+        result = main(["--tiny", "--only", ",".join(names), "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == result == json.loads(out.read_text())
+    assert list(result["recipes"]) == names and result["matmul_peak"]["tflops"] > 0
+    for name, r in result["recipes"].items():
+        assert "error" not in r, (name, r.get("traceback"))
+        assert r["steps"] == 3 and len(r["step_times_s"]) == 3 and r["loss_finite"], name
+        assert r["speed"]["compile"] and r["speed"]["compile_backend"] == "aot_eager", name
+        assert 0 < r["mfu"] < 1 and r["train_gflops_per_step"] > 0, name
+        assert r[("tokens_per_s" if r["kind"] == "generator" else "images_per_s")] > 0, name
+    titok, flow = result["recipes"]["imagenet_titok_l32"], result["recipes"]["imagenet_flextok_d18_flow"]
+    for r in (titok, flow):
+        assert r["codec"]["batch"] == 4 and r["codec"]["encode_images_per_s"] > 0 and r["codec"]["decode_images_per_s"] > 0
+        assert r["codec"]["sdpa_kernels"] and all(k.startswith("_scaled_dot_product") for k in r["codec"]["sdpa_kernels"])
+    assert titok["speed"]["activation_checkpointing"] and not flow["speed"]["activation_checkpointing"]
+    assert result["recipes"]["shapes_halting_gpu"]["speedup_vs_45ms"] > 0
+    assert "generation" not in result["recipes"]["imagenet_gpt_b_fsdp"]  # the DDP recipe's model decodes
+    gen = result["recipes"]["imagenet_gpt_l"]["generation"]
+    assert set(gen["compiled"]) == {"nocfg_k16", "cfg_k16"} and set(gen["eager"]) == {"nocfg_k16", "cfg_k16"}
+    assert all(v["tokens_per_s"] > 0 for v in gen["compiled"].values())
+    assert gen["sdpa_kernels_decode"] == ["_scaled_dot_product_flash_attention_for_cpu"]
+    assert gen["sdpa_kernels_training"] == ["_scaled_dot_product_flash_attention_for_cpu"]  # is_causal, no mask
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--tiny", "--only", "imagenet_gpt_xl"], "--only: unknown recipe(s) imagenet_gpt_xl; accepted: imagenet_titok_l32"),
+    (["--tiny", "--set", "model.init_args.speed.compile"], "--set 'model.init_args.speed.compile': expected KEY=VALUE"),
+    (["--tiny", "--steps", "1"], "--steps 1: needs at least 2"),
+])
+def test_gpu_check_refuses_bad_options(argv, message, capsys):
+    from gpu_check import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

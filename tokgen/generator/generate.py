@@ -125,6 +125,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     cache_dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num_tokens`` codes per row.
 
@@ -145,6 +146,9 @@ def generate(
         use_cache: False recomputes the whole prefix at every step (reference path for tests/benchmarks).
         cache_dtype: dtype of the KV cache (default: the model's). ``torch.bfloat16`` halves the memory each
             decode step reads at long contexts (attention in bf16, so logits differ at ~1e-2).
+        compile: decode with the compiled static-shape step (:meth:`GPT.decode_step`, gpt-fast style; compiled
+            on first use by :meth:`GPT.compile_decode`, CUDA graphs on a GPU): same codes as the eager path up to
+            float rounding. Fixed budgets only (not with ``stop_at_eos``, whose rows leave the batch).
 
     Returns:
         codes (B, num_tokens) int64 (positions >= length are 0) and lengths (B,) int64.
@@ -190,6 +194,9 @@ def generate(
             scale = scale[:, None]
         return uncond + scale * (cond - uncond)
 
+    if compile and (stop_at_eos or not use_cache):
+        raise ValueError("compile=True decodes fixed budgets with the KV cache: it needs stop_at_eos=False and "
+                         "use_cache=True")
     if stop_at_eos and use_cache:
         return decode_in_slots(model, rows, num_tokens, slots or B, guided, guide, uniforms, temperature, top_k,
                                top_p, cache_dtype)
@@ -201,9 +208,19 @@ def generate(
     # batch's cost follows the sum of its rows' lengths, not its longest row.
     active = torch.arange(B, device=device)
     active_rows = rows
+    if compile:
+        step = model.compiled_decode or model.compile_decode()
+        kvs = model.static_cache(rows.shape[0], dtype=cache_dtype)
+        positions = torch.arange(num_tokens, device=device)
+
+        def forward_cached(x: torch.Tensor, t: int, caches) -> tuple[torch.Tensor, torch.Tensor]:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+            return step(x, positions[t], kvs)
+    else:
+        forward_cached = model.forward_cached
     if use_cache:
-        caches = model.new_cache(rows.shape[0], num_tokens, dtype=cache_dtype)  # condition + first k-1 codes
-        logits, hidden = model.forward_cached(model.class_embedding(rows)[:, None], 0, caches)
+        caches = None if compile else model.new_cache(rows.shape[0], num_tokens, dtype=cache_dtype)
+        logits, hidden = forward_cached(model.class_embedding(rows)[:, None], 0, caches)
     for t in range(num_tokens):
         if not use_cache:
             prefix = codes[active, :t]
@@ -238,7 +255,7 @@ def generate(
             codes[active, t] = token
         if use_cache and t + 1 < num_tokens:
             feed = token.repeat(2) if guided else token
-            logits, hidden = model.forward_cached(model.embed_codes(feed)[:, None], t + 1, caches)
+            logits, hidden = forward_cached(model.embed_codes(feed)[:, None], t + 1, caches)
     return codes, lengths
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DictConfig
+from ..nn import CheckpointableBlock
 from .kv_cache import KVCache
 
 
@@ -177,6 +178,8 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin).transpose(1, 2)  # (B, H, T, hd)
         k = apply_rope(k, cos, sin).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.transpose(1, 2)
+        if isinstance(cache, torch.Tensor):  # a static cache buffer (compiled decoding, see GPT.decode_step)
+            return self.proj(static_cache_attention(q, k, v, start_pos, cache).to(x.dtype))
         if cache is not None:
             k, v = cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, hd): the filled part only
             q = q.to(k.dtype)  # a reduced-precision cache (opt-in) halves the bytes each step reads
@@ -199,6 +202,24 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, D).to(x.dtype))
 
 
+def static_cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                           kv: torch.Tensor) -> torch.Tensor:
+    """One decode position against a static cache (gpt-fast style): q (B, H, 1, hd), k and v (B, Hkv, 1, hd) at
+    sequence position ``pos`` (a one-element long tensor), ``kv`` (2, B, Hkv, L, hd) the whole pre-allocated
+    cache. k and v are written at ``pos`` in place and the query attends over all L positions with a mask that
+    keeps positions <= pos, so every shape is the same at every step (one compiled graph, CUDA-graph
+    replayable). Unwritten positions must hold finite values (the cache is zero-filled), as masked-out values
+    still enter the product with weight 0. Returns (B, 1, H * hd)."""
+    B, H, _, hd = q.shape
+    Hkv, L = kv.shape[2], kv.shape[3]
+    index = pos.reshape(1)
+    kv[0].index_copy_(2, index, k.to(kv.dtype))
+    kv[1].index_copy_(2, index, v.to(kv.dtype))
+    mask = (torch.arange(L, device=q.device) <= index).view(1, 1, 1, L)
+    y = F.scaled_dot_product_attention(q.to(kv.dtype).view(B, Hkv, H // Hkv, hd), kv[0], kv[1], attn_mask=mask)
+    return y.reshape(B, 1, H * hd)
+
+
 class SwiGLU(nn.Module):
     """w2(silu(w1 x) * w3 x) with w1 and w3 fused into one (dim -> 2 * hidden) projection, no biases."""
 
@@ -212,7 +233,7 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(gate) * up)
 
 
-class Block(nn.Module):
+class Block(CheckpointableBlock):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
@@ -265,6 +286,8 @@ class GPT(nn.Module):
         self.factorized = FactorizedCodes(c) if c.vocab_factors else None
         if c.tie_weights:
             self.head.weight = self.tok_embedding.weight
+        self.compiled_decode = None  # set by compile_decode
+        self.static_caches: dict = {}  # (rows, dtype, device) -> buffers reused by compiled decoding
         cos, sin = rope_tables(c.max_seq_len, c.head_dim, c.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -379,6 +402,47 @@ class GPT(nn.Module):
             x = block(x, cos, sin, start_pos, cache)
         h = self.norm(x[:, -1])
         return self.head(h), h
+
+    def static_cache(self, batch_size: int, dtype=None) -> list[torch.Tensor]:
+        """Zero-filled static cache buffers (2, batch_size, n_kv_head, max_seq_len, head_dim), one per layer, for
+        :meth:`decode_step`: the full context whatever the budget, so one compiled step serves every k. The
+        buffers of a (batch_size, dtype, device) are kept on the model and reused (zeroed) by later calls, so their
+        addresses stay fixed for CUDA-graph replay."""
+        c, ref = self.config, self.head.weight
+        dtype = dtype or ref.dtype
+        key = (batch_size, dtype, ref.device)
+        if key not in self.static_caches:
+            buffers = [torch.zeros(2, batch_size, c.n_kv_head, c.max_seq_len, c.head_dim, device=ref.device,
+                                   dtype=dtype) for _ in self.blocks]
+            for buffer in buffers:
+                torch._dynamo.mark_static_address(buffer)
+            self.static_caches[key] = buffers
+        for buffer in self.static_caches[key]:
+            buffer.zero_()
+        return self.static_caches[key]
+
+    def decode_step(self, x: torch.Tensor, pos: torch.Tensor, kvs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-token cached forward with static shapes (what ``generate(..., compile=True)`` compiles):
+        x (B, 1, dim) embeddings at sequence position ``pos`` (a one-element long tensor on the model's device),
+        ``kvs`` from :meth:`static_cache` (written in place) -> (logits (B, out), hidden (B, dim)). Same
+        result as :meth:`forward_cached` at that position."""
+        index = pos.reshape(1)
+        cos = self.rope_cos.index_select(0, index).view(1, 1, -1)
+        sin = self.rope_sin.index_select(0, index).view(1, 1, -1)
+        for block, kv in zip(self.blocks, kvs):
+            x = block(x, cos, sin, index, kv)
+        h = self.norm(x[:, -1])
+        return self.head(h), h
+
+    def compile_decode(self, **options):
+        """Compile :meth:`decode_step` with ``torch.compile(**options)`` (default: mode "reduce-overhead", i.e.
+        CUDA graphs on a GPU, and fullgraph) and return the compiled function; ``generate(..., compile=True)``
+        uses the last one compiled (compiling it on first use). Call it again to change the options."""
+        options = {"fullgraph": True, **options}
+        if options.get("backend", "inductor") == "inductor":
+            options.setdefault("mode", "reduce-overhead")
+        self.compiled_decode = torch.compile(self.decode_step, **options)
+        return self.compiled_decode
 
     def _rope(self, start, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(start, torch.Tensor):  # per-row positions (B,), one position each

@@ -20,6 +20,7 @@ from ..metrics import to_unit
 from ..metrics.features import load_feature_network
 from ..tokenizers.flow import FlowTokenizer, FlowTokenizerConfig, SamplingOptions, load_encoder_from
 from ..tokenizers.nested_dropout import sample_keep_lengths
+from .speed import SpeedConfig
 from .tokenizer import OptimConfig, TokenizerModule
 
 
@@ -57,6 +58,7 @@ class FlowModule(TokenizerModule):
         val_steps: int = 8,
         val_cfg: float = 1.0,
         val_seed: int = 0,
+        speed: SpeedConfig | None = None,
     ):
         """
         Args (besides TokenizerModule's; the flow has no pixel / perceptual / GAN loss settings):
@@ -75,6 +77,7 @@ class FlowModule(TokenizerModule):
             trust_torchscript: also accept a TorchScript repa_features file (deprecated). TorchScript runs code
                 stored in the file: only for files you trust.
             val_steps, val_cfg, val_seed: how validation samples its reconstructions.
+            speed: compile / activation checkpointing / fused AdamW / TF32 (:class:`tokgen.lit.speed.SpeedConfig`).
         """
         tokenizer = tokenizer or FlowTokenizerConfig()
         if not isinstance(tokenizer, FlowTokenizerConfig):
@@ -97,7 +100,7 @@ class FlowModule(TokenizerModule):
                              f"repa_features={repa_features!r}, repa_depth={tokenizer.repa_depth}")
         super().__init__(tokenizer=tokenizer, optim=optim, nested_dropout=nested_dropout,
                          nested_full_fraction=nested_full_fraction, ema_decay=ema_decay, val_budgets=val_budgets,
-                         grid_images=grid_images)
+                         grid_images=grid_images, speed=speed)
         SamplingOptions(steps=val_steps, cfg=val_cfg, seed=val_seed)  # validates the validation sampling
         self.token_drop_prob, self.time_mean, self.time_std = token_drop_prob, time_mean, time_std
         self.endpoint_prob = endpoint_prob

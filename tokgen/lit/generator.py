@@ -20,6 +20,7 @@ from ..generator import GPT, GPTConfig, generate
 from ..metrics import to_unit
 from .ema import ema_update
 from .schedule import warmup_cosine
+from .speed import SpeedConfig, apply_speed, build_adamw, enable_tf32
 from .tokenizer import OptimConfig
 
 IGNORE_INDEX = -100
@@ -50,6 +51,7 @@ class GeneratorModule(L.LightningModule):
         sample_per_class: int = 4,
         sample_cfg: float = 2.0,
         tokenizer_ckpt: str | None = None,
+        speed: SpeedConfig | None = None,
     ):
         """
         Args:
@@ -60,6 +62,8 @@ class GeneratorModule(L.LightningModule):
                 classes) at full budget and save ``samples/val_latest.png``; needs the tokenizer checkpoint.
             sample_cfg: guidance scale of those samples.
             tokenizer_ckpt: tokenizer for the sample grid (default: the checkpoint recorded in the shards).
+            speed: compile (the blocks in training, the decode step of the sample grid) / activation
+                checkpointing / fused AdamW / TF32 (:class:`tokgen.lit.speed.SpeedConfig`).
         """
         super().__init__()
         self.generator_config = generator or GPTConfig()
@@ -71,6 +75,7 @@ class GeneratorModule(L.LightningModule):
         self.sample_per_class = sample_per_class
         self.sample_cfg = sample_cfg
         self.tokenizer_ckpt = tokenizer_ckpt
+        self.speed = speed or SpeedConfig()
         self.generator = GPT(self.generator_config)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False) if ema_decay > 0 else None
         self.tokenizer_info: dict | None = None  # identity of the tokenizer that wrote the training shards
@@ -94,6 +99,12 @@ class GeneratorModule(L.LightningModule):
                 )
         self.tokenizer_info = dm.tokenizer
 
+    def configure_model(self) -> None:
+        """Speed levers on the trained generator (not its EMA copy), before a strategy wraps it."""
+        apply_speed(self.generator, self.speed)
+        if self._trainer is not None:
+            enable_tf32(self.trainer.strategy.root_device, self.speed)
+
     def eval_generator(self) -> GPT:
         return self.ema_generator if self.ema_generator is not None else self.generator
 
@@ -101,9 +112,9 @@ class GeneratorModule(L.LightningModule):
         o = self.optim_config
         decay = [p for p in self.generator.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.generator.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW(
+        opt = build_adamw(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2),
+            self.speed, lr=o.lr, betas=(o.beta1, o.beta2),
         )
         total = o.total_steps or (self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
@@ -177,7 +188,8 @@ class GeneratorModule(L.LightningModule):
         was_training = model.training
         model.eval()
         codes, _ = generate(model, labels if n_cls else None, k, batch_size=len(labels),
-                            cfg_scale=self.sample_cfg if n_cls else 1.0, generator=gen)
+                            cfg_scale=self.sample_cfg if n_cls else 1.0, generator=gen,
+                            compile=self.speed.compile and self.device.type == "cuda")
         model.train(was_training)
         images = to_unit(tokenizer.decode(codes))
         out_dir = os.path.join(self.trainer.default_root_dir, "samples")

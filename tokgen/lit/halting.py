@@ -20,6 +20,7 @@ import torch
 from ..tokenizers.halting import HaltingConfig, HaltingTokenizer, halting_bce, halting_targets, reconstruction_error
 from ..tokenizers.nested_dropout import sample_keep_lengths
 from .losses import pixel_loss
+from .speed import SpeedConfig
 from .tokenizer import LossConfig, OptimConfig, TokenizerModule
 
 
@@ -36,6 +37,7 @@ class HaltingModule(TokenizerModule):
         halt_weight: float = 0.1,
         uncond_prob: float = 0.1,
         val_target_errors: list[float] | None = None,
+        speed: SpeedConfig | None = None,
     ):
         """
         Args (besides TokenizerModule's):
@@ -44,6 +46,7 @@ class HaltingModule(TokenizerModule):
             halt_weight: weight of the halting BCE against the reconstruction loss.
             uncond_prob: fraction of phase-2 examples encoded unconditioned (no halting label for those).
             val_target_errors: eps values scored in validation (default: eps_min, geometric mean, eps_max).
+            speed: compile / activation checkpointing / fused AdamW / TF32 (:class:`tokgen.lit.speed.SpeedConfig`).
         """
         tokenizer = tokenizer or HaltingConfig()
         if not isinstance(tokenizer, HaltingConfig):
@@ -60,7 +63,7 @@ class HaltingModule(TokenizerModule):
         if not 0.0 <= uncond_prob < 1.0:
             raise ValueError(f"uncond_prob={uncond_prob} must be in [0, 1)")
         super().__init__(tokenizer=tokenizer, loss=loss, optim=optim, nested_dropout=nested_dropout,
-                         ema_decay=ema_decay, val_budgets=val_budgets, grid_images=grid_images)
+                         ema_decay=ema_decay, val_budgets=val_budgets, grid_images=grid_images, speed=speed)
         self.tokenizer = HaltingTokenizer(self.tokenizer_config)
         if self.ema_tokenizer is not None:
             self.ema_tokenizer = copy.deepcopy(self.tokenizer).requires_grad_(False)

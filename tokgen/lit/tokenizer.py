@@ -18,6 +18,7 @@ from .ema import ema_update
 from .grids import save_val_grid, should_save_grid
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, pixel_loss
 from .schedule import warmup_cosine
+from .speed import SpeedConfig, apply_speed, build_adamw, enable_tf32
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TokenizerModule(L.LightningModule):
         ema_decay: float = 0.999,
         val_budgets: list[int] | None = None,
         grid_images: int = 8,
+        speed: SpeedConfig | None = None,
     ):
         """
         Args:
@@ -89,6 +91,7 @@ class TokenizerModule(L.LightningModule):
             ema_decay: decay of the EMA weights used for validation and export (0 = no EMA).
             val_budgets: token budgets scored in validation (default 1, 2, 4, ..., K).
             grid_images: images per row of the validation PNG grid.
+            speed: compile / activation checkpointing / fused AdamW / TF32 (:class:`tokgen.lit.speed.SpeedConfig`).
         """
         super().__init__()
         self.automatic_optimization = False
@@ -108,6 +111,7 @@ class TokenizerModule(L.LightningModule):
         self.nested_prefix_weight = nested_prefix_weight
         self.ema_decay = ema_decay
         self.grid_images = grid_images
+        self.speed = speed or SpeedConfig()
 
         self.tokenizer = self.tokenizer_class(self.tokenizer_config)
         K = self.tokenizer.num_tokens
@@ -146,6 +150,12 @@ class TokenizerModule(L.LightningModule):
                            f"{self.tokenizer_config.num_tokens} is trained, shorter prefixes in the validation grid "
                            f"and metrics are not; use a nested recipe for any-prefix decoding")
 
+    def configure_model(self) -> None:
+        """Speed levers on the trained tokenizer (not its EMA copy), before a strategy wraps it."""
+        apply_speed(self.tokenizer, self.speed)
+        if self._trainer is not None:
+            enable_tf32(self.trainer.strategy.root_device, self.speed)
+
     def eval_tokenizer(self) -> Tokenizer1D:
         """The weights used for validation and export: EMA when enabled."""
         return self.ema_tokenizer if self.ema_tokenizer is not None else self.tokenizer
@@ -157,9 +167,9 @@ class TokenizerModule(L.LightningModule):
             if not p.requires_grad:  # frozen (e.g. an encoder taken from another checkpoint)
                 continue
             (no_decay if p.ndim < 2 or "pos" in name or "token" in name or "registers" in name else decay).append(p)
-        opt_g = torch.optim.AdamW(
+        opt_g = build_adamw(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2),
+            self.speed, lr=o.lr, betas=(o.beta1, o.beta2),
         )
         total = o.total_steps or (self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000)
         sched_g = torch.optim.lr_scheduler.LambdaLR(
@@ -167,7 +177,8 @@ class TokenizerModule(L.LightningModule):
         )
         if self.discriminator is None:
             return [opt_g], [sched_g]
-        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=o.disc_lr or o.lr, betas=(o.beta1, o.beta2))
+        opt_d = build_adamw([{"params": list(self.discriminator.parameters())}], self.speed, lr=o.disc_lr or o.lr,
+                            betas=(o.beta1, o.beta2))
         return [opt_g, opt_d], [sched_g]
 
     def generator_step(self, loss: torch.Tensor) -> float:

@@ -1,10 +1,29 @@
-"""Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+"""Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); every transformer block of tokgen
+(this one, the flow decoder's AdaLN block, the GPT block) is a :class:`CheckpointableBlock`."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
+
+
+class CheckpointableBlock(nn.Module):
+    """A block whose activations can be recomputed in backward instead of stored (activation checkpointing).
+
+    With ``activation_checkpointing = True`` a call in training with gradients enabled runs through
+    ``torch.utils.checkpoint`` (non-reentrant): only the block's inputs are kept for backward, the forward runs a
+    second time there. Evaluation, ``no_grad`` and cached decoding run the block as usual. The switch is on the
+    call, so a block compiled in place (``block.compile()``) is checkpointed as a whole and the state-dict keys
+    do not change. :func:`tokgen.lit.speed.apply_speed` sets it from a recipe's ``speed`` section."""
+
+    activation_checkpointing = False
+
+    def __call__(self, *args, **kwargs):
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(super().__call__, *args, use_reentrant=False, **kwargs)
+        return super().__call__(*args, **kwargs)
 
 
 class Mlp(nn.Module):
@@ -18,7 +37,7 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(CheckpointableBlock):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_layer=nn.LayerNorm, qk_norm: bool = False):
         super().__init__()
         self.norm1 = norm_layer(dim)

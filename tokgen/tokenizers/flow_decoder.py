@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import Attention, Mlp, PatchEmbed, build_pos_emb, sincos_1d, unpatchify
+from ..nn import Attention, CheckpointableBlock, Mlp, PatchEmbed, build_pos_emb, sincos_1d, unpatchify
 from .tokenizer1d import fill_prefix
 
 
@@ -64,7 +64,7 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sincos_1d(t.float() * 1000, self.dim).to(self.mlp[0].weight.dtype))
 
 
-class AdaLNBlock(nn.Module):
+class AdaLNBlock(CheckpointableBlock):
     """Pre-norm block whose norms are modulated by the time embedding c: shift, scale and gate per branch."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
