@@ -243,6 +243,32 @@ def test_slots_are_refilled_so_the_batch_stays_full():
         generate(model, labels, 10, slots=3)
 
 
+def test_slots_never_read_unwritten_cache_memory():
+    """A refilled slot reads (masked) cache positions that none of its samples wrote; the cache memory is not
+    initialised, so garbage there (NaN here, planted on purpose) must not reach the logits: every row still
+    equals the row generated alone."""
+    model = tiny(use_eos=True)
+    with torch.no_grad():
+        model.head.weight[-1] *= 0
+        model.head.weight[-1] += 0.35
+    new_cache = model.new_cache
+
+    def poisoned(*args, **kwargs):
+        caches = new_cache(*args, **kwargs)
+        for cache in caches:
+            cache.kv.fill_(float("nan"))
+        return caches
+
+    model.new_cache = poisoned
+    labels = torch.arange(12) % 4
+    uniforms = torch.rand(12, 12, generator=torch.Generator().manual_seed(1))
+    codes, lengths = generate(model, labels, 10, stop_at_eos=True, uniforms=uniforms, slots=3)
+    for i in range(12):
+        one_codes, one_length = generate(model, labels[i : i + 1], 10, stop_at_eos=True,
+                                         uniforms=uniforms[i : i + 1], use_cache=False)
+        assert one_length.item() == lengths[i].item() and torch.equal(one_codes[0], codes[i])
+
+
 def test_build_targets_with_eos():
     codes = torch.tensor([[5, 6, 7, 8], [1, 2, 0, 0]])
     assert torch.equal(build_targets(codes, torch.tensor([4, 2]), None), codes)

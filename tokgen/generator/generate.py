@@ -289,6 +289,8 @@ def decode_in_slots(model: GPT, rows: torch.Tensor, num_tokens: int, slots: int,
     step = torch.zeros(S, dtype=torch.long, device=device)  # its codes so far = the position of its input
     waiting = S  # next sample to start
     caches = model.new_cache(2 * S if guided else S, num_tokens, dtype=cache_dtype)
+    for cache in caches:  # a slot reads (masked) positions it never wrote: they must hold numbers, not NaN garbage
+        cache.kv.zero_()
     x = conditions(sample)
     while sample.numel():
         logits, hidden = model.forward_cached(x[:, None], torch.cat([step, step]) if guided else step, caches)
