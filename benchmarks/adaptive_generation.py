@@ -6,7 +6,8 @@
 One run, one machine, the same batch size and the same per-sample uniforms for every setting. Four ways to
 generate the same ``--num`` samples (class labels cycling over the classes):
 
-- adaptive:          ``stop_at_eos``; each row ends at its own EOS and leaves the batch (and its KV cache).
+- adaptive:          ``stop_at_eos`` through ``--batch-size`` slots: each sample ends at its own EOS and the next
+                     waiting sample takes its slot (rows leave the batch only when nothing waits).
 - fixed_at_mean:     a fixed budget k = the adaptive run's mean length (rounded), EOS never sampled.
 - fixed_at_batch_max: every batch at a fixed budget equal to its longest adaptive row: what adaptive generation
                      would cost if finished rows stayed in the batch until its longest row ended.
@@ -51,7 +52,13 @@ def random_generator(block_size: int, eos_bias: float) -> GPT:
 
 def run_setting(model: GPT, labels: torch.Tensor, uniforms: torch.Tensor, batch_size: int, budget, eos: bool,
                 cfg: float, temperature: float) -> tuple[float, torch.Tensor]:
-    """Generate every row in batches; ``budget`` is an int or a per-batch list. Returns (seconds, lengths)."""
+    """Generate every row: with ``eos`` all rows stream through ``batch_size`` slots (as ``tokgen sample --eos``);
+    otherwise in batches, ``budget`` an int or a per-batch list. Returns (seconds, lengths)."""
+    if eos:
+        start = time.perf_counter()
+        _, n = generate(model, labels, budget, stop_at_eos=True, slots=batch_size, cfg_scale=cfg,
+                        temperature=temperature, uniforms=uniforms)
+        return time.perf_counter() - start, n
     lengths = []
     start = time.perf_counter()
     for b, i in enumerate(range(0, len(labels), batch_size)):

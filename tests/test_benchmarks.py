@@ -135,3 +135,18 @@ def test_gpu_check_refuses_bad_options(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_adaptive_generation_benchmark_runs_on_the_random_stand_in(capsys):
+    """benchmarks/adaptive_generation.py --random (random-weight stand-in): the four settings generate the same
+    samples, the adaptive token count is the sum of the sampled lengths, and each batch-max budget covers its
+    batch's longest sample (no timing is asserted)."""
+    from adaptive_generation import main as adaptive_main
+
+    r = adaptive_main(["--random", "--num", "24", "--batch-size", "8", "--repeats", "1", "--block-size", "8"])
+    lengths = r["lengths"]
+    assert sum(lengths["histogram"]) == 24 and lengths["histogram"][0] == 0  # every sample has >= 1 code
+    assert r["settings"]["adaptive"]["tokens"] == sum(k * n for k, n in enumerate(lengths["histogram"]))
+    assert r["settings"]["fixed_at_K"]["tokens"] == 8 * 24
+    assert r["settings"]["adaptive"]["tokens"] <= r["settings"]["fixed_at_batch_max"]["tokens"] <= 8 * 24
+    assert set(r["ratios"]) == {"adaptive/fixed_at_mean", "adaptive/fixed_at_batch_max", "adaptive/fixed_at_K"}
