@@ -5,11 +5,7 @@ import os
 
 import torch
 
-
-def error_summary(err: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message`` (just ``Type`` when the message is empty, e.g. a bare EOFError)."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
+from .weights import error_summary, load_state_strict
 
 
 def load_checkpoint(path: str, map_location: str = "cpu", mmap: bool = False) -> dict:
@@ -42,11 +38,7 @@ def load_module_weights(model: torch.nn.Module, ckpt: dict, name: str, path: str
     state = ckpt["state_dict"]
     prefix = f"ema_{name}." if use_ema and any(k.startswith(f"ema_{name}.") for k in state) else f"{name}."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not match its {name} config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    load_state_strict(model, weights, f"checkpoint {path} ({prefix}*)")
 
 
 def load_tokgen_model(

@@ -25,6 +25,12 @@ def format_keys(keys: list[str]) -> str:
     return f"{len(keys)}: {shown}{more}"
 
 
+def error_summary(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (just ``Type`` when the message is empty, e.g. a bare EOFError)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
     """Load ``state`` into ``model`` requiring exactly its keys and shapes; otherwise one ValueError naming
     ``source`` and listing the missing and unexpected keys (or the mismatched shapes). ``assign``: the model's
@@ -55,7 +61,7 @@ def read_safetensors(path: str, what: str) -> tuple[dict[str, torch.Tensor], dic
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # header too large / not JSON / truncated data: all mean "not a safetensors file"
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        reason = error_summary(err)
         raise ValueError(f"{what} {path} is not a readable safetensors file ({reason})") from None
     return tensors, metadata
 
@@ -101,7 +107,7 @@ def load_trusted_torchscript(path: str, what: str, trust_hint: str,
         try:
             module = torch.jit.load(path, map_location="cpu", _extra_files=extra).eval()
         except Exception as err:
-            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            reason = error_summary(err)
             raise ValueError(f"{what} {path} is not a loadable TorchScript file ({reason})") from None
     return module, extra
 

@@ -274,7 +274,9 @@ class StreamingDataModule(ImageDataModule):
         self.meta = meta
 
     def transform(self, train: bool):
-        raise NotImplementedError
+        """Item bytes -> sample dict for the training (``train``) or validation split. Abstract: implemented by
+        :class:`StreamingImageDataModule` and :class:`StreamingTokenDataModule`."""
+        raise NotImplementedError(f"{type(self).__name__} must define transform(train)")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -60,7 +60,9 @@ class SyntheticDataModule(L.LightningDataModule):
         self.dataset: Dataset | None = None
 
     def build(self, generator: torch.Generator) -> Dataset:
-        raise NotImplementedError
+        """The synthetic data set, drawn from ``generator``. Abstract: implemented by
+        :class:`SyntheticImageDataModule` and :class:`SyntheticTokenDataModule`."""
+        raise NotImplementedError(f"{type(self).__name__} must define build(generator)")
 
     def setup(self, stage: str) -> None:
         if self.dataset is None:

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..weights import (
     check_file,
+    error_summary,
     json_entry,
     load_state_strict,
     load_trusted_torchscript,
@@ -203,7 +204,7 @@ class FeatureExtractor(nn.Module):
         except Exception as err:
             raise ValueError(
                 f"{what} {path} fails on {channels}-channel {size}x{size} images "
-                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+                f"({error_summary(err)})"
             ) from None
         if out.dim() != 2:
             raise ValueError(f"{what} {path} must return features (B, D), got shape {tuple(out.shape)}")

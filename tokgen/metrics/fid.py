@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from ..weights import error_summary
+
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 
@@ -117,7 +119,7 @@ class InceptionFeatures(nn.Module):
             self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], path, antialias=False)
         except RuntimeError as err:
             raise ValueError(
-                f"Inception weights {path} do not fit the FID Inception network ({str(err).splitlines()[0][:200]}); "
+                f"Inception weights {path} do not fit the FID Inception network ({error_summary(err)}); "
                 f"expected {INCEPTION_FILE} from {INCEPTION_URL}"
             ) from None
         self.fingerprint = file_sha256(path)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..weights import error_summary
 from .flow_decoder import FlowDecoder
 from .tokenizer1d import Tokenizer1D, TokenizerConfig
 
@@ -137,7 +138,7 @@ def load_vae(path: str, subfolder: str | None = None) -> FrozenVAE:
             f"AutoencoderKL not found at vae_path={where}: put a diffusers AutoencoderKL folder there (config.json + "
             f"diffusion_pytorch_model.safetensors), or the hub repo in the Hugging Face cache "
             f"(`huggingface-cli download {path}` on a machine with network); tokgen never downloads at run time "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+            f"({error_summary(err, 160)})") from None
     return FrozenVAE(vae, where)
 
 

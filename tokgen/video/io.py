@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..weights import error_summary
+
 WRITE_EXTENSIONS = (".gif", ".mp4")
 
 
@@ -21,7 +23,7 @@ def _open(path: str):
     try:
         container = av.open(path)
     except Exception as err:  # av.error.InvalidDataError and friends
-        raise ValueError(f"video {path!r} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+        raise ValueError(f"video {path!r} is unreadable ({error_summary(err, 160)}); "
                          "expected a video file PyAV/FFmpeg can decode (.mp4, .avi, .mov, .mkv, .webm, .gif)") from None
     if not container.streams.video:  # e.g. an MP4 written without any frame keeps no video track
         container.close()
