@@ -17,7 +17,7 @@ Each setting is timed ``--repeats`` times (after one warm-up batch) and the medi
 "a batch's cost follows the sum of its lengths" holds when adaptive / fixed_at_mean is near 1 and
 adaptive / fixed_at_batch_max is clearly below 1.
 
-``--random`` builds a random-weight GPT (fmnist_small's generator shape, use_eos) whose EOS logit is raised
+``--random`` builds a random-weight GPT (6 layers, width 256, 64000 codes factorized as [125, 512], use_eos) whose EOS logit is raised
 so that lengths spread over 1..K; it exercises the machinery without a trained model and says so in the JSON.
 The last line printed is one JSON object.
 """

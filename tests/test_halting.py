@@ -152,7 +152,7 @@ def test_search_baseline_hand_built():
 def test_two_phase_training_steps_and_checkpoint(tmp_path, head_hidden, attention, quantizer):
     """A few two-phase steps run end to end (losses finite, weights move, halting head trained) and the checkpoint
     reloads as a HaltingTokenizer without YAML. (Learning monotone lengths needs minutes of training: see
-    benchmarks/halting_shapes.py.)"""
+    benchmarks/halting.py.)"""
     import lightning as L
 
     from tokgen.data import ShapesDataset
@@ -466,3 +466,64 @@ def test_generator_trained_on_halting_lengths_refuses_another_halting_head(tmp_p
     message = str(err.value.code)
     assert f"fingerprint {identity['halting']['fingerprint']}" in message and "halting fingerprint" in message
     assert not (tmp_path / "no.png").exists()
+
+
+def test_halting_added_to_a_nested_tokenizer_keeps_its_codes(tmp_path):
+    """``tokgen refit-halting`` on a plain nested tokenizer checkpoint: the new halting tokenizer's codes are the
+    nested tokenizer's at every eps (its encoder is unchanged and does not read eps), only the head is new; it loads
+    with ``load_tokenizer``; a fixed-length tokenizer and a missing --eps-range are refused with clear errors
+    (random-weight tokenizer: the lengths themselves are not checked here)."""
+    from tokgen.commands.refit_halting import main as refit_main
+    from tokgen.tokenizers.halting import halting_from_tokenizer
+
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in halting_config().to_dict().items() if k in Tokenizer1D().config.to_dict()}
+    nested = Tokenizer1D(cfg).eval()
+    src = tmp_path / "nested.ckpt"
+    torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in nested.state_dict().items()},
+                "tokgen": {"kind": "tokenizer1d", "tokenizer_config": nested.config.to_dict(),
+                           "nested_dropout": "pow2_dual"}}, src)
+    x = images(6)
+    tok = halting_from_tokenizer(nested, 0.05, 0.3)
+    assert not tok.config.condition_encoder
+    for eps in (0.05, 0.3):
+        codes, lengths = tok.encode(x, target_error=eps)
+        kept = torch.arange(codes.shape[1])[None] < lengths[:, None]
+        assert torch.equal(codes[kept], nested.encode(x)[kept])
+    out = tmp_path / "halting.ckpt"
+    refit_main(["--ckpt", str(src), "--data", "shapes", "--out", str(out), "--num-images", "8", "--steps", "3",
+                "--eps-range", "0.05,0.3", "--head-hidden", "16", "--no-progress"])
+    loaded = load_tokenizer(str(out))
+    assert isinstance(loaded, HaltingTokenizer) and loaded.config.eps_min == 0.05 and loaded.config.halt_head_hidden == 16
+    assert torch.equal(loaded.encode(x), nested.encode(x))
+    with pytest.raises(ValueError, match="--eps-range"):
+        refit_main(["--ckpt", str(src), "--data", "shapes", "--out", str(tmp_path / "b.ckpt"), "--no-progress"])
+    fixed = torch.load(src, weights_only=True)
+    fixed["tokgen"]["nested_dropout"] = "none"
+    torch.save(fixed, tmp_path / "fixed.ckpt")
+    with pytest.raises(ValueError, match="fixed-length"):
+        refit_main(["--ckpt", str(tmp_path / "fixed.ckpt"), "--data", "shapes", "--out", str(tmp_path / "c.ckpt"),
+                    "--eps-range", "0.05,0.3", "--no-progress"])
+    with pytest.raises(ValueError, match="halt_head_hidden > 0"):
+        HaltingConfig.from_dict({**tok.config.to_dict(), "halt_head_hidden": 0})
+
+
+def test_search_reads_a_prefix_error_table_like_decoding():
+    """search_min_tokens with a precomputed prefix-error table (used when codes do not depend on eps) finds the
+    same lengths, errors and decoder-pass counts as decoding each probe."""
+    from tokgen.tokenizers.halting import prefix_errors
+
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in halting_config().to_dict().items() if k in Tokenizer1D().config.to_dict()}
+    tok = Tokenizer1D(cfg).eval()
+    x = images(12)
+    with torch.no_grad():
+        z_q = tok.quantize(tok.encode_latents(x))[0]
+        table = prefix_errors(tok, z_q, x)
+    eps = table.median().item()
+    for method in ("linear", "binary"):
+        decoded = search_min_tokens(tok, z_q, x, eps, method)
+        looked_up = search_min_tokens(tok, z_q, x, eps, method, errors=table)
+        assert torch.equal(decoded["length"], looked_up["length"]) and torch.equal(decoded["passes"], looked_up["passes"])
+        assert torch.allclose(decoded["error"], looked_up["error"], atol=1e-6)
+    assert 1 < decoded["length"].float().mean() < 8, "eps must split the images for this test to bite"

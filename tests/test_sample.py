@@ -188,3 +188,20 @@ def test_eos_sampling_reports_each_samples_length(models, tmp_path):
     assert Image.open(tmp_path / "s.png").size[1] == 3 * (64 + 2)  # one row per class, tiles upscaled to 64 px
     assert "needs --eos" in cli_error(["sample", "--tokenizer", tok, "--generator", gen, "--data-lengths",
                                        str(tokens), "--out", str(tmp_path / "x.png")])
+
+
+def test_length_report_compares_class_order_with_the_data(tmp_path):
+    """report_lengths: the sampled mean against the data's, and the Spearman correlation of the per-class mean
+    lengths (classes that need more tokens in the data should get more in the samples)."""
+    from tokgen.commands.sample import report_lengths
+    from tokgen.metrics.lengths import length_summary
+
+    labels = [c for c in range(3) for _ in range(4)]
+    data = length_summary(torch.tensor([2] * 4 + [5] * 4 + [9] * 4), 16, torch.tensor(labels))
+    same_order = [(i, n) for i, n in enumerate([1, 2, 3, 2, 4, 5, 6, 5, 8, 9, 9, 10])]
+    report = report_lengths(same_order, labels, 16, data, str(tmp_path / "a.png"))
+    assert report["per_class_spearman"] == pytest.approx(1.0)
+    assert report["mean_ratio"] == pytest.approx((64 / 12) / (64 / 12))
+    reversed_order = [(i, 12 - n) for i, n in same_order]
+    assert report_lengths(reversed_order, labels, 16, data, str(tmp_path / "b.png"))["per_class_spearman"] == pytest.approx(-1.0)
+    assert os.path.getsize(tmp_path / "a_lengths.png") > 0

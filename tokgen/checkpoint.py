@@ -32,6 +32,12 @@ def checkpoint_kind(path: str) -> str | None:
     return (load_checkpoint(path, mmap=True).get("tokgen") or {}).get("kind")
 
 
+def checkpoint_nested_dropout(path: str) -> str | None:
+    """How a tokenizer checkpoint was trained over prefixes (``checkpoint["tokgen"]["nested_dropout"]``):
+    ``"none"`` means fixed-length (only k = K trained); None when not recorded."""
+    return (load_checkpoint(path, mmap=True).get("tokgen") or {}).get("nested_dropout")
+
+
 def load_module_weights(model: torch.nn.Module, ckpt: dict, name: str, path: str, use_ema: bool = True) -> None:
     """Load ``model`` from the LightningModule entries ``ema_<name>.*`` (preferred when use_ema) or ``<name>.*``,
     failing with one message when the weights do not match the model built from the saved config."""

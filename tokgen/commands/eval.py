@@ -235,9 +235,9 @@ def main(argv: list[str]) -> None:
 
 def fixed_length_note(path: str, budgets: list[int], K: int) -> str | None:
     """A note when a checkpoint trained without nested dropout is scored at k < K (its prefixes are untrained)."""
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import checkpoint_nested_dropout
 
-    nested = (load_checkpoint(path, mmap=True).get("tokgen") or {}).get("nested_dropout")  # None: not recorded
+    nested = checkpoint_nested_dropout(path)  # None: not recorded
     if nested != "none" or min(budgets) >= K:
         return None
     note = (f"{path} was trained fixed-length (nested_dropout: none): only k = {K} is a trained budget; its "

@@ -1,6 +1,13 @@
 """``tokgen refit-halting``: refit a trained halting tokenizer's halting head to the search minimum (see
 ``tokgen.tokenizers.halting_refit``) and write it as a new checkpoint; codes are unchanged, only lengths move.
 
+Given a plain nested tokenizer instead (a ``tokgen.lit.TokenizerModule`` checkpoint trained with nested dropout),
+it adds halting to it: a new halting head that reads eps is fit on the unchanged encoder
+(``tokgen.tokenizers.halting.halting_from_tokenizer``); ``--eps-range`` is then the range the head is trained for.
+
+    tokgen refit-halting --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --eps-range 0.04,0.12 \
+        --num-images 8192 --calibrate 0.85 --target-errors 0.05,0.06,0.08,0.1 --out runs/fmnist_halting/halting.ckpt
+
     tokgen refit-halting --ckpt runs/shapes_halting_gpu/checkpoints/last.ckpt \\
         --data configs/tokenizer/shapes_halting_gpu.yaml --num-images 8192 --eps-range 0.03,0.2 \\
         --calibrate 0.85 --target-errors 0.07,0.08,0.1,0.12 --out runs/shapes_halting_gpu/refit.ckpt
@@ -27,18 +34,25 @@ from ..metrics.adaptive import calibrate_threshold
 from .checks import CommandParser, check_device, check_output_path
 from .eval import parse_target_errors
 from ..metrics.datasets import DATA_ACCEPTED, build_data
-from ..tokenizers.halting import SEARCH_METHODS, HaltingTokenizer
+from ..checkpoint import checkpoint_kind, checkpoint_nested_dropout
+from ..tokenizers.halting import ERROR_METRICS, SEARCH_METHODS, HaltingTokenizer, halting_from_tokenizer
+from ..tokenizers.tokenizer1d import Tokenizer1D
 from ..tokenizers.halting_refit import refit_checkpoint, refit_halting_head
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="tokgen refit-halting", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="halting tokenizer checkpoint (tokgen.lit.HaltingModule)")
+    p.add_argument("--ckpt", required=True, help="halting tokenizer checkpoint (tokgen.lit.HaltingModule), or a nested "
+                                                 "tokenizer's (tokgen.lit.TokenizerModule) to add halting to")
     p.add_argument("--data", required=True, help=f"training images: {DATA_ACCEPTED}")
     p.add_argument("--out", required=True, help="checkpoint to write (must differ from --ckpt)")
     p.add_argument("--num-images", type=int, default=4096, help="training-split images to label (default 4096)")
     p.add_argument("--reps", type=int, default=2, help="target errors drawn per image (default 2)")
     p.add_argument("--eps-range", help="lo,hi of the drawn target errors (default: the trained range)")
+    p.add_argument("--error-metric", default="l1", choices=ERROR_METRICS,
+                   help="with a nested tokenizer: the per-pixel error eps measures on [0, 1] images (default l1)")
+    p.add_argument("--head-hidden", type=int, default=128,
+                   help="with a nested tokenizer: width of the new halting head's MLP (default 128)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=256)
@@ -84,7 +98,20 @@ def main(argv: list[str] | None = None) -> dict:
     eps_range = parse_range(args.eps_range)
     if (args.calibrate is None) != (args.target_errors is None):
         raise ValueError("--calibrate MIN_MET and --target-errors EPS,... go together (the eps values to calibrate for)")
-    tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(device)
+    if checkpoint_kind(args.ckpt) == "tokenizer1d":  # add halting to a nested tokenizer
+        nested = checkpoint_nested_dropout(args.ckpt)
+        if nested == "none":
+            raise ValueError(f"--ckpt {args.ckpt} is a fixed-length tokenizer (nested_dropout: none): its short "
+                             f"prefixes are not trained, so there is nothing to halt on; train a nested one "
+                             f"(e.g. configs/tokenizer/fmnist_small.yaml)")
+        if eps_range is None:
+            raise ValueError(f"--ckpt {args.ckpt} is a plain tokenizer: give --eps-range lo,hi, the range of target "
+                             f"errors ({args.error_metric} on [0, 1] images) the new halting head is trained for")
+        check_int("--head-hidden", args.head_hidden, minimum=1)
+        tok = halting_from_tokenizer(Tokenizer1D.from_checkpoint(args.ckpt), eps_range[0], eps_range[1],
+                                     error_metric=args.error_metric, halt_head_hidden=args.head_hidden).to(device)
+    else:
+        tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(device)
     target_errors = None
     if args.target_errors is not None:
         target_errors = parse_target_errors(args.target_errors)

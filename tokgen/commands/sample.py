@@ -355,6 +355,13 @@ def report_lengths(chosen: list[tuple[int, int]], labels: list, cap: int, data: 
     if data is not None:
         report["data"] = summaries["data"] = data
         report["mean_ratio"] = report["sampled"]["mean"] / data["mean"]
+        shared = sorted(set(report["sampled"].get("per_class_mean", {})) & set(data.get("per_class_mean", {})), key=int)
+        if len(shared) >= 2:  # do classes that need more tokens in the data also get more in the samples?
+            from ..metrics.adaptive import spearman
+
+            rho = spearman(torch.tensor([report["sampled"]["per_class_mean"][c] for c in shared]),
+                           torch.tensor([data["per_class_mean"][c] for c in shared]))
+            report["per_class_spearman"] = None if rho != rho else rho  # None: one side has equal means
     report["histogram"] = os.path.splitext(grid_path)[0] + "_lengths.png"
     plot_length_comparison(summaries, report["histogram"], title=f"tokens per sample (cap {cap})")
     return report

@@ -10,15 +10,18 @@ Protocol (also in the README):
 - Search baseline on the same codes: ``linear`` decodes k = 1, 2, ... until the image meets eps (the exact
   minimum, K when nothing meets it), ``binary`` bisects 1..K; their decoder passes are counted per image.
 - Reported per eps: mean tokens, achieved error, fraction meeting eps, the search's mean tokens / fraction /
-  passes, the ratios halting / search, and a histogram of lengths 1..K. With a ``num_shapes`` field in the
-  data (``shapes``) also the Spearman correlation between length and number of shapes.
+  passes, the ratios halting / search, and a histogram of lengths 1..K.
+- Does length follow content? Spearman correlations of the halting length with the search minimum (the length
+  the image really needs), with a content measure of the image itself, its edge density (``edge_density``),
+  and, when the data has a ``num_shapes`` field (``shapes``), with the number of shapes.
 """
 from __future__ import annotations
 
 import torch
 from tqdm import tqdm
 
-from ..tokenizers.halting import HaltingTokenizer, lengths_from_halting, reconstruction_error, search_min_tokens
+from ..tokenizers.halting import (HaltingTokenizer, lengths_from_halting, prefix_errors, reconstruction_error,
+                                  search_min_tokens)
 from .datasets import EvalData
 
 
@@ -46,19 +49,25 @@ def evaluate_adaptive(
     device = next(tokenizer.parameters()).device
     keys = ("length", "error", "linear_length", "linear_met", "linear_passes", "binary_length", "binary_passes")
     per_eps = {float(eps): {k: [] for k in keys} for eps in target_errors}
-    shapes = []
+    shapes, edges = [], []
     for batch in tqdm(data.loader(batch_size, num_workers), desc="adaptive eval", unit="batch", disable=not progress):
         x = batch["image"].to(device)
         if "num_shapes" in batch:
             shapes.append(batch["num_shapes"].cpu())
+        edges.append(edge_density(x).cpu())
+        table = None  # every prefix's error, decoded once per batch when the codes do not depend on eps
         for eps, acc in per_eps.items():
             _, lengths, z_q = tokenizer.encode_adaptive(x, eps, threshold=threshold)
-            err = reconstruction_error(tokenizer.decode_latents(z_q, keep=lengths), x, metric)
+            if not tokenizer.config.condition_encoder:
+                table = prefix_errors(tokenizer, z_q, x, metric) if table is None else table
+                err = table.gather(1, (lengths - 1)[:, None]).squeeze(1)
+            else:
+                err = reconstruction_error(tokenizer.decode_latents(z_q, keep=lengths), x, metric)
             acc["length"].append(lengths.cpu())
             acc["error"].append(err.cpu())
             if search:
                 for method in ("linear", "binary"):
-                    found = search_min_tokens(tokenizer, z_q, x, eps, method, metric)
+                    found = search_min_tokens(tokenizer, z_q, x, eps, method, metric, errors=table)
                     acc[f"{method}_length"].append(found["length"].cpu())
                     acc[f"{method}_passes"].append(found["passes"].cpu())
                     if method == "linear":
@@ -91,6 +100,9 @@ def evaluate_adaptive(
             row["tokens_vs_search"] = row["mean_tokens"] / max(row["search_linear"]["mean_tokens"], 1e-9)
             row["passes_vs_binary_search"] = row["decoder_passes"] / row["search_binary"]["decoder_passes"]
             row["passes_vs_linear_search"] = row["decoder_passes"] / row["search_linear"]["decoder_passes"]
+        if search:
+            row["spearman_length_vs_search_min"] = spearman(lengths, cols["linear_length"].float())
+        row["spearman_length_vs_edge_density"] = spearman(lengths, torch.cat(edges))
         if shapes:
             row["spearman_length_vs_num_shapes"] = spearman(lengths, torch.cat(shapes).float())
         results.append(row)
@@ -105,6 +117,7 @@ def evaluate_adaptive(
         "monotone_mean_tokens": all(a >= b for a, b in zip(means, means[1:])),  # lower eps never fewer tokens
         "results": results,
         "_columns": columns,  # per-image tensors for callers (dropped by write_adaptive_report)
+        "_edge_density": torch.cat(edges),
     }
 
 
@@ -143,12 +156,12 @@ def calibrate_threshold(
         x = batch["image"].to(device)
         B = x.shape[0]
         n += B
+        errors = None  # (B, K): error of prefix k+1; the same at every eps when the encoder does not read eps
         for eps, acc in stats.items():
             latents, halt_logits = tokenizer.encode_hidden(x, tokenizer.condition_index(eps, B))
-            z_q = tokenizer.quantize(latents)[0]
-            meets = torch.stack([  # (B, K): prefix k+1 meets eps
-                reconstruction_error(tokenizer.decode_latents(z_q, keep=torch.full((B,), k, device=device)), x, metric)
-                <= eps for k in range(1, K + 1)], dim=1).cpu()
+            if errors is None or tokenizer.config.condition_encoder:
+                errors = prefix_errors(tokenizer, tokenizer.quantize(latents)[0], x, metric).cpu()
+            meets = errors <= eps
             halt_logits = halt_logits.cpu()
             for j, thr in enumerate(grid):
                 lengths = lengths_from_halting(halt_logits, thr)  # (B,) in 1..K
@@ -161,6 +174,16 @@ def calibrate_threshold(
     index = int(ok.nonzero()[0]) if reached else len(grid) - 1
     return {"threshold": grid[index], "reached": reached, "min_met": min_met, "num_images": n,
             "grid": grid, "per_eps": per_eps}
+
+
+def edge_density(images: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """A content measure that needs no model: the fraction of pixels on an edge, i.e. whose grey-level gradient
+    magnitude (forward differences on [0, 1] images, channels averaged) exceeds ``threshold``.
+    images (B, C, H, W) in [-1, 1] -> (B,) in [0, 1]. Busy images (texture, print, many parts) score high."""
+    grey = (images.float().mean(1) + 1) / 2  # (B, H, W) in [0, 1]
+    gx = grey[:, :-1, 1:] - grey[:, :-1, :-1]
+    gy = grey[:, 1:, :-1] - grey[:, :-1, :-1]
+    return ((gx ** 2 + gy ** 2).sqrt() > threshold).float().mean((1, 2))
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,6 +10,12 @@ arbitrary). The embedding is one extra encoder input token, ``[patches | eps | r
 tokenizer. With causal registers, register i attends to every patch, to the eps token and to registers <= i;
 patches attend only to patches.
 
+Halting on a nested tokenizer (``condition_encoder=False``, ``halting_from_tokenizer``): the encoder is a trained
+any-prefix tokenizer's, unchanged, and only the halting head reads eps. The codes of an image are then the same at
+every eps (and the same as the nested tokenizer's); eps moves only where the sequence ends. This is the cheap way
+to add halting: no encoder training, just the head fit to the search minimum (``tokgen refit-halting`` on a
+``tokenizer1d`` checkpoint).
+
 Halting head. One logit per register, read from the register's last hidden state (``halt_head_hidden > 0``: by
 an MLP that also reads the eps embedding directly, so eps need not reach every register through attention):
 ``p_i = sigmoid(h_i)`` is the probability that tokens ``0..i-1`` already meet the target, i.e. that the sequence may end before token i.
@@ -60,6 +66,8 @@ class HaltingConfig(TokenizerConfig):
     halt_threshold: float = 0.5  # a position halts when its halting probability exceeds this
     halt_head_hidden: int = 0  # 0: a linear head on each register's state; > 0: an MLP of this width on the
     #                            register's state next to the eps embedding (the head reads eps directly)
+    condition_encoder: bool = True  # False: the encoder does not read eps (codes independent of eps); only the
+    #                                 head does, so it needs halt_head_hidden > 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -74,6 +82,11 @@ class HaltingConfig(TokenizerConfig):
             raise ValueError(f"halt_threshold={self.halt_threshold!r} must be in (0, 1)")
         if not isinstance(self.halt_head_hidden, int) or self.halt_head_hidden < 0:
             raise ValueError(f"halt_head_hidden={self.halt_head_hidden!r} must be an integer >= 0 (0 = linear head)")
+        if not isinstance(self.condition_encoder, bool):
+            raise ValueError(f"condition_encoder={self.condition_encoder!r} must be true or false")
+        if not self.condition_encoder and not self.halt_head_hidden:
+            raise ValueError("condition_encoder=false needs halt_head_hidden > 0: with an unconditioned encoder only "
+                             "the head's MLP reads eps")
 
 
 def reconstruction_error(recon: torch.Tensor, images: torch.Tensor, metric: str = "l1") -> torch.Tensor:
@@ -149,9 +162,11 @@ class HaltingTokenizer(Tokenizer1D):
         nn.init.normal_(self.eps_embed.weight, std=0.02)
         nn.init.trunc_normal_(self.halt_head.weight, std=0.02)
         nn.init.zeros_(self.halt_head.bias)
-        # encoder sequence [patches | eps | registers]: the eps token is the first of the "register" group, so
-        # in causal mode every register sees it and the registers stay causal among themselves
-        self.enc_mask = register_attention_mask(self.patch_embed.num_patches, 1 + c.num_tokens, c.register_attention)
+        if c.condition_encoder:
+            # encoder sequence [patches | eps | registers]: the eps token is the first of the "register" group, so
+            # in causal mode every register sees it and the registers stay causal among themselves
+            self.enc_mask = register_attention_mask(self.patch_embed.num_patches, 1 + c.num_tokens,
+                                                    c.register_attention)
 
     # ------------------------------------------------------------------ target error -> condition index
     def condition_index(self, target_error, batch_size: int, clamp: bool = False) -> torch.Tensor:
@@ -208,7 +223,10 @@ class HaltingTokenizer(Tokenizer1D):
         if condition is None:
             condition = torch.zeros(images.shape[0], device=images.device)
         eps_token = self.condition_embedding(condition)  # (B, W)
-        x = self.encoder(torch.cat([patches, eps_token[:, None], registers], dim=1), self.enc_mask)
+        if self.config.condition_encoder:
+            x = self.encoder(torch.cat([patches, eps_token[:, None], registers], dim=1), self.enc_mask)
+        else:  # the nested tokenizer's encoder as it is; eps reaches only the head
+            x = self.encoder(torch.cat([patches, registers], dim=1), self.enc_mask)
         return x[:, -self.num_tokens:], eps_token
 
     def halting_logits(self, hidden: torch.Tensor, eps_token: torch.Tensor) -> torch.Tensor:
@@ -281,10 +299,39 @@ class HaltingTokenizer(Tokenizer1D):
         )[0]
 
 
+@torch.no_grad()
+def prefix_errors(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.Tensor, metric: str = "l1") -> torch.Tensor:
+    """z_q (B, K, token_dim) of ``images`` (B, C, H, W) -> the error of every prefix (B, K) (column k-1: k tokens),
+    K decoder passes per image."""
+    B, K = z_q.shape[:2]
+    return torch.stack([reconstruction_error(tokenizer.decode_latents(z_q, keep=torch.full((B,), k, device=z_q.device)),
+                                             images, metric) for k in range(1, K + 1)], dim=1)
+
+
+def halting_from_tokenizer(tokenizer: Tokenizer1D, eps_min: float, eps_max: float, error_metric: str = "l1",
+                           halt_head_hidden: int = 128, eps_bins: int = 16, halt_threshold: float = 0.5) -> HaltingTokenizer:
+    """A halting tokenizer over a trained any-prefix tokenizer: its weights copied unchanged (encoder unconditioned,
+    ``condition_encoder=False``), plus a fresh eps embedding and halting head to fit (``refit_halting_head``)."""
+    if type(tokenizer) is not Tokenizer1D:
+        raise ValueError(f"halting_from_tokenizer needs a plain Tokenizer1D (a tokgen.lit.TokenizerModule checkpoint), "
+                         f"got {type(tokenizer).__name__}")
+    config = HaltingConfig.from_dict({**tokenizer.config.to_dict(), "error_metric": error_metric, "eps_min": eps_min,
+                                      "eps_max": eps_max, "eps_bins": eps_bins, "halt_threshold": halt_threshold,
+                                      "halt_head_hidden": halt_head_hidden, "condition_encoder": False})
+    halting = HaltingTokenizer(config).to(next(tokenizer.parameters()).device)
+    missing, unexpected = halting.load_state_dict(tokenizer.state_dict(), strict=False)
+    new = {k for k in missing if not k.startswith(("eps_embed", "halt_mlp", "halt_head"))}
+    if new or unexpected:
+        raise ValueError(f"tokenizer weights do not map onto the halting tokenizer (missing {sorted(new)[:4]}, "
+                         f"unexpected {sorted(unexpected)[:4]})")
+    return halting.eval()
+
+
 # ---------------------------------------------------------------------------------------------- search baseline
 @torch.no_grad()
 def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.Tensor, target_error,
-                      method: str = "linear", metric: str = "l1") -> dict[str, torch.Tensor]:
+                      method: str = "linear", metric: str = "l1", errors: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
     """Smallest prefix k whose reconstruction meets ``target_error``, found by decoding candidates.
 
     z_q: (B, K, token_dim) quantized latents of ``images`` (B, C, H, W) in [-1, 1]; target_error: a float or
@@ -293,6 +340,9 @@ def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.T
     when the error falls with k; K when even K misses). Every batched decode counts one pass for each image it
     still searches. Returns {"length": (B,), "met": (B,) bool, "error": (B,) error at that length,
     "passes": (B,) decoder passes spent per image}.
+
+    ``errors`` (B, K), optional: the error of every prefix k = 1..K, already decoded (e.g. once for several eps
+    when the codes do not depend on eps); the search then reads it instead of decoding, and counts the same passes.
     """
     if method not in SEARCH_METHODS:
         raise ValueError(f"search method {method!r} is not supported; use one of {SEARCH_METHODS}")
@@ -306,6 +356,8 @@ def search_min_tokens(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.T
 
     def error_at(keep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         passes[rows] += 1
+        if errors is not None:
+            return errors[rows, keep - 1].to(device)
         recon = tokenizer.decode_latents(z_q[rows], keep=keep)
         return reconstruction_error(recon, images[rows], metric)
 

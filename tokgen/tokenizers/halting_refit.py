@@ -140,20 +140,31 @@ def _head_scores(tokenizer: HaltingTokenizer, cache: dict, rows: torch.Tensor, d
 def refit_checkpoint(ckpt_path: str, out_path: str, tokenizer: HaltingTokenizer, summary: dict) -> None:
     """Write ``ckpt_path`` again to ``out_path`` with the refit head in the weights ``from_checkpoint`` loads
     (the EMA copy when there is one) and the refit summary under ``checkpoint["tokgen"]["halting_refit"]``.
+
+    When ``ckpt_path`` holds a plain any-prefix tokenizer (kind ``tokenizer1d``; ``tokenizer`` then comes from
+    ``halting_from_tokenizer``), the new file is a halting-tokenizer checkpoint with the whole tokenizer's weights
+    (the source's, unchanged, plus the head) and its halting config; it is for loading, not for resuming training.
     The input checkpoint is never modified; ``out_path`` must differ from it."""
     if os.path.abspath(out_path) == os.path.abspath(ckpt_path):
         raise ValueError(f"--out {out_path} is the input checkpoint; write the refit head to a new file")
     ckpt = load_checkpoint(ckpt_path)
-    state = ckpt["state_dict"]
-    prefix = "ema_tokenizer." if any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
-    head = {k: v for k, v in tokenizer.state_dict().items() if k.startswith(("halt_mlp.", "halt_head."))}
-    for k, v in head.items():
-        if prefix + k not in state:
-            raise ValueError(f"checkpoint {ckpt_path} has no {prefix + k}; is it the checkpoint this head was refit from?")
-        state[prefix + k] = v.detach().to(state[prefix + k].dtype).cpu()
-    ckpt["tokgen"] = copy.deepcopy(ckpt.get("tokgen") or {})
-    ckpt["tokgen"]["halting_refit"] = {**summary, "from": os.path.abspath(ckpt_path), "weights": prefix.rstrip(".")}
-    ckpt["tokgen"]["tokenizer_config"]["halt_threshold"] = tokenizer.config.halt_threshold  # calibrated or not
+    meta = copy.deepcopy(ckpt.get("tokgen") or {})
+    if meta.get("kind") == "tokenizer1d":
+        state = {f"tokenizer.{k}": v.detach().cpu() for k, v in tokenizer.state_dict().items()}
+        ckpt = {"state_dict": state, "global_step": ckpt.get("global_step", 0)}
+        meta.update(kind="halting_tokenizer", tokenizer_config=tokenizer.config.to_dict(), halting_from=os.path.abspath(ckpt_path))
+        prefix = "tokenizer."
+    else:
+        state = ckpt["state_dict"]
+        prefix = "ema_tokenizer." if any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
+        head = {k: v for k, v in tokenizer.state_dict().items() if k.startswith(("halt_mlp.", "halt_head."))}
+        for k, v in head.items():
+            if prefix + k not in state:
+                raise ValueError(f"checkpoint {ckpt_path} has no {prefix + k}; is it the checkpoint this head was refit from?")
+            state[prefix + k] = v.detach().to(state[prefix + k].dtype).cpu()
+    ckpt["tokgen"] = meta
+    meta["halting_refit"] = {**summary, "from": os.path.abspath(ckpt_path), "weights": prefix.rstrip(".")}
+    meta["tokenizer_config"]["halt_threshold"] = tokenizer.config.halt_threshold  # calibrated or not
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
     torch.save(ckpt, tmp)
