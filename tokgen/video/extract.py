@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..config import DictConfig
+from .geometry import trajectory_boxes
+from .segment import MaskSource, SuperpixelSegmenter, region_means, resize_nearest, rgb_to_lab
 
 FLOW_PRESETS = ("ultrafast", "fast", "medium")
 
@@ -118,137 +120,7 @@ class Trajectories:
         return cls(_finalize(id_map, min_area, max_trajectories))
 
 
-def trajectory_boxes(ids: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids (B, T, H, W) int64 -> (boxes (B, num, T, 4) as (x0, y0, x1, y1) in [0, 1], presence (B, num, T) bool).
-
-    Boxes span pixel edges: a one-pixel trajectory at column x has x0 = x / W, x1 = (x + 1) / W.
-    """
-    B, T, H, W = ids.shape
-    onehot = ids[:, None] == torch.arange(num, device=ids.device)[None, :, None, None, None]  # (B, N, T, H, W)
-    rows, cols = onehot.any(-1), onehot.any(-2)  # (B, N, T, H), (B, N, T, W)
-    presence = rows.any(-1)
-    ar_h = torch.arange(H, device=ids.device, dtype=torch.float32)
-    ar_w = torch.arange(W, device=ids.device, dtype=torch.float32)
-    y0 = torch.where(rows, ar_h, float(H)).amin(-1)
-    y1 = torch.where(rows, ar_h + 1, 0.0).amax(-1)
-    x0 = torch.where(cols, ar_w, float(W)).amin(-1)
-    x1 = torch.where(cols, ar_w + 1, 0.0).amax(-1)
-    boxes = torch.stack([x0 / W, y0 / H, x1 / W, y1 / H], -1) * presence[..., None]
-    return boxes, presence
-
-
-def trajectory_moments(ids: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids (B, T, H, W) int64 -> (moments (B, num, T, 4) as (cy, cx, sy, sx), presence (B, num, T) bool).
-
-    Per frame, the centroid and the standard deviation of each trajectory's pixel coordinates, in [0, 1] of the
-    image (pixel centres at (i + 0.5) / H); zeros where absent. A uniform disc of radius r has s = r / 2, a
-    uniform square of half-side a has s = a / sqrt(3).
-    """
-    B, T, H, W = ids.shape
-    onehot = (ids[:, None] == torch.arange(num, device=ids.device)[None, :, None, None, None]).float()
-    rows, cols = onehot.sum(-1), onehot.sum(-2)  # (B, N, T, H), (B, N, T, W): pixels per row / column
-    count = rows.sum(-1)
-    presence = count > 0
-    moments = []
-    for hist, size in ((rows, H), (cols, W)):
-        coord = (torch.arange(size, device=ids.device, dtype=torch.float32) + 0.5) / size
-        mean = (hist * coord).sum(-1) / count.clamp_min(1)
-        var = (hist * coord**2).sum(-1) / count.clamp_min(1) - mean**2
-        moments.append((mean, var.clamp_min(0).sqrt()))
-    (cy, sy), (cx, sx) = moments
-    return torch.stack([cy, cx, sy, sx], -1) * presence[..., None], presence
-
-
-# ---------------------------------------------------------------------------------------------------- mask sources
-class MaskSource(Protocol):
-    """Segments one key frame: ``(H, W, 3) uint8 RGB -> (H, W) int labels`` (any non-negative ids)."""
-
-    def __call__(self, frame: np.ndarray, index: int) -> np.ndarray: ...
-
-
-def rgb_to_lab(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> float32 CIELAB (L in 0..100)."""
-    import cv2
-
-    return cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-
-
-def region_means(labels: np.ndarray, values: np.ndarray, num: int) -> np.ndarray:
-    """Mean of ``values`` (H, W, C) over every label 0..num-1 of ``labels`` (H, W) -> (num, C)."""
-    flat = labels.ravel()
-    counts = np.maximum(np.bincount(flat, minlength=num), 1)
-    return np.stack([np.bincount(flat, weights=values[..., c].ravel(), minlength=num) for c in range(values.shape[-1])],
-                    axis=1) / counts[:, None]
-
-
-def rag_merge(labels: np.ndarray, lab: np.ndarray, threshold: float) -> np.ndarray:
-    """Merge adjacent regions whose mean colours are closer than ``threshold``: the region adjacency graph,
-    cut at the threshold, and its connected components as the new labels (0..M-1)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = int(labels.max()) + 1
-    means = region_means(labels, lab, n)
-    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
-    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])
-    edge = a != b
-    a, b = a[edge], b[edge]
-    close = np.linalg.norm(means[a] - means[b], axis=1) < threshold
-    graph = coo_matrix((np.ones(int(close.sum())), (a[close], b[close])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    return component[labels].astype(np.int32)
-
-
-class SuperpixelSegmenter:
-    """SLIC superpixels in CIELAB, optionally merged by a region adjacency graph (see :func:`rag_merge`)."""
-
-    def __init__(self, n_segments: int = 48, compactness: float = 5.0, iters: int = 5, merge_threshold: float = 12.0):
-        self.n_segments, self.compactness, self.iters = n_segments, compactness, iters
-        self.merge_threshold = merge_threshold
-
-    def __call__(self, frame: np.ndarray, index: int = 0) -> np.ndarray:
-        from skimage.segmentation import slic
-
-        # RGB in, skimage converts to CIELAB itself (it min-max rescales its input first, which would squash a
-        # CIELAB input and with it the meaning of ``compactness``)
-        labels = slic(frame.astype(np.float32) / 255.0, n_segments=self.n_segments, compactness=self.compactness,
-                      max_num_iter=self.iters, start_label=0, channel_axis=-1).astype(np.int32)
-        if self.merge_threshold > 0:
-            labels = rag_merge(labels, rgb_to_lab(frame), self.merge_threshold)
-        return labels
-
-
-class PrecomputedMasks:
-    """Externally computed key-frame segmentations: ``{frame index: (H, W) int labels}``.
-
-    Its key frames replace the schedule (scene-change detection still applies). Label maps of another size
-    than the frames are resized (nearest).
-    """
-
-    def __init__(self, label_maps: dict[int, np.ndarray]):
-        if not label_maps or 0 not in label_maps:
-            raise ValueError(f"PrecomputedMasks needs a label map for frame 0; got frames {sorted(label_maps)}")
-        self.label_maps = {int(k): np.asarray(v) for k, v in label_maps.items()}
-        self.keyframes = set(self.label_maps)
-
-    def __call__(self, frame: np.ndarray, index: int) -> np.ndarray:
-        if index not in self.label_maps:
-            raise ValueError(f"no precomputed mask for key frame {index}; available: {sorted(self.label_maps)}")
-        return _resize_nearest(self.label_maps[index], frame.shape[:2])
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
-def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(..., h, w) -> (..., H, W) by nearest neighbour (pixel centres)."""
-    h, w = labels.shape[-2:]
-    H, W = shape
-    if (h, w) == (H, W):
-        return labels
-    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
-    return labels[..., rows[:, None], cols[None, :]]
-
-
 def _as_uint8_frames(video) -> np.ndarray:
     """Accept (T, H, W, 3) uint8 or (T, 3, H, W) float in [-1, 1] -> (T, H, W, 3) uint8, with a clear error."""
     if isinstance(video, torch.Tensor):
@@ -411,36 +283,8 @@ def extract_trajectories(
 
     clock = time.perf_counter()
     out = _finalize(ids, cfg.min_area, cfg.max_trajectories)
-    out = _resize_nearest(out, (H, W))
+    out = resize_nearest(out, (H, W))
     stage["finalize"] = time.perf_counter() - clock
     if timings is not None:
         timings.update(stage)
     return Trajectories(np.ascontiguousarray(out))
-
-
-# ---------------------------------------------------------------------------------------------------- scores
-def track_scores(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.5, background: int | None = 0) -> dict:
-    """Compare predicted trajectories with ground-truth tracks, both (T, H, W) id maps.
-
-    - recall: fraction of ground-truth object tracks (all ids but ``background``) that some predicted
-      trajectory matches with space-time mask IoU >= ``iou_threshold`` (IoU of the two (T, H, W) volumes).
-    - purity: fraction of predicted space-time pixels that carry their trajectory's majority ground-truth
-      id (background included), i.e. how rarely a trajectory straddles two objects or drifts off its object.
-    """
-    pred, gt = np.asarray(pred), np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
-    p_ids, p = np.unique(pred, return_inverse=True)
-    g_ids, g = np.unique(gt, return_inverse=True)
-    P, G = len(p_ids), len(g_ids)
-    inter = np.bincount(p.ravel() * G + g.ravel(), minlength=P * G).reshape(P, G).astype(np.float64)
-    iou = inter / (inter.sum(1)[:, None] + inter.sum(0)[None] - inter)
-    objects = [j for j in range(G) if background is None or g_ids[j] != background]
-    best = iou[:, objects].max(0) if objects else np.zeros(0)
-    return {
-        "recall": float((best >= iou_threshold).mean()) if objects else 1.0,
-        "purity": float(inter.max(1).sum() / inter.sum()),
-        "num_pred": int(P),
-        "num_gt_objects": len(objects),
-        "best_iou": [round(float(b), 4) for b in best],
-    }
