@@ -23,6 +23,8 @@ MIN_SPEED, MAX_SPEED = 0.01, 0.035  # image sides per frame
 MIN_VISIBLE = 0.3  # fraction of each shape's area that must stay visible in every frame (best of MAX_ATTEMPTS)
 MAX_ATTEMPTS = 10
 CHECK_FRAMES = 16  # visibility is checked on these first frames whatever the clip length, so T and 2T agree
+CAMOUFLAGE_DISTANCE = (0.10, 0.16)  # RGB distance of a camouflaged shape's colour from a background colour
+OCCLUDER_WIDTH = (0.06, 0.10)  # width of a static occluding bar, as a fraction of the image side
 
 
 def _reflect(p: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
@@ -39,8 +41,14 @@ class MovingShapesDataset(Dataset):
     off the image borders, squares and triangles also rotate slowly; shapes are painted in a fixed depth
     order, so they occlude each other as they pass. The background is a two-colour texture (a sum of three
     random sinusoidal gratings). Layouts are re-drawn (best of 10) until every shape stays at least 30%
-    visible in every frame. Shapes are rasterised on a grid 4x finer (2x above 64 px) and average-pooled, so
-    edges are anti-aliased; the ground-truth id of a pixel is the layer covering most of it.
+    visible in every frame where it is inside the image. Shapes are rasterised on a grid 4x finer (2x above
+    64 px) and average-pooled, so edges are anti-aliased; the ground-truth id of a pixel is the layer covering
+    most of it.
+
+    Harder scenes (all off by default, so the default clips stay as they were): small movers of a given
+    pixel size, camouflaged colours (close to the background's), shapes that enter from outside the image
+    mid-clip, and static occluding bars that movers pass behind (their pixels are background in the tracks).
+    These options draw from their own random streams, so switching one on does not move the others' scene.
 
     Args:
         num_clips: dataset length.
@@ -49,6 +57,13 @@ class MovingShapesDataset(Dataset):
         min_shapes, max_shapes: inclusive range of shapes per clip.
         seed: clip ``i`` is generated from ``(seed, i)``.
         texture_contrast: strength of the background texture in [0, 1] (0 = plain background).
+        mover_size_px: ``(lo, hi)`` equal-area diameter range of the shapes in pixels (default: 0.2-0.44 of
+            the image side).
+        camouflage: probability in [0, 1] that a shape's colour is a background colour shifted by an RGB
+            distance of 0.10-0.16 (instead of a colour far from the background).
+        enter_fraction: probability in [0, 1] that a shape starts outside the image and enters it from a border
+            between frames 2 and 8.
+        occluders: number of static bars (background-coloured, in front of the shapes) per clip.
     """
 
     def __init__(
@@ -60,6 +75,10 @@ class MovingShapesDataset(Dataset):
         max_shapes: int = 4,
         seed: int = 0,
         texture_contrast: float = 0.5,
+        mover_size_px: tuple[float, float] | None = None,
+        camouflage: float = 0.0,
+        enter_fraction: float = 0.0,
+        occluders: int = 0,
     ) -> None:
         self.num_clips = check_int("num_clips", num_clips, minimum=0)
         self.num_frames = check_int("num_frames", num_frames, minimum=1)
@@ -72,6 +91,18 @@ class MovingShapesDataset(Dataset):
         if not 0.0 <= texture_contrast <= 1.0:
             raise ValueError(f"texture_contrast must be in [0, 1], got {texture_contrast!r}")
         self.texture_contrast = float(texture_contrast)
+        if mover_size_px is not None:
+            lo, hi = (float(v) for v in mover_size_px)
+            if not 1.0 <= lo <= hi <= image_size / 2:
+                raise ValueError(f"mover_size_px={tuple(mover_size_px)!r} must be (lo, hi) pixels with "
+                                 f"1 <= lo <= hi <= image_size / 2 = {image_size / 2}")
+            mover_size_px = (lo, hi)
+        self.mover_size_px = mover_size_px
+        for name, value in (("camouflage", camouflage), ("enter_fraction", enter_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        self.camouflage, self.enter_fraction = float(camouflage), float(enter_fraction)
+        self.occluders = check_int("occluders", occluders, minimum=0)
         self.supersample = 4 if image_size <= 64 else 2
         fine = image_size * self.supersample
         self._fine = (np.arange(fine, dtype=np.float32) + 0.5) / fine  # fine pixel centres in [0, 1]
@@ -102,19 +133,31 @@ class MovingShapesDataset(Dataset):
         colours: list[np.ndarray] = []
         for _ in range(n):
             colours.append(self._shape_colour(rng, bg_colours, colours))
+        if self.mover_size_px is not None:
+            sizes = np.sort(np.random.default_rng([self.seed, index, 0, 1]).uniform(*self.mover_size_px, size=n))
+            sizes = sizes[::-1] / (2 * self.image_size)
+        if self.camouflage > 0:
+            camo = np.random.default_rng([self.seed, index, 0, 2])
+            for j in range(n):
+                if camo.random() < self.camouflage:
+                    colours[j] = self._camouflage_colour(camo, bg_colours)
+        entering = np.zeros(n, dtype=bool)
+        if self.enter_fraction > 0:
+            entering = np.random.default_rng([self.seed, index, 0, 3]).random(n) < self.enter_fraction
 
         # Motion drawn from a separate stream per attempt, so the scene never depends on num_frames.
         T, S = max(self.num_frames, CHECK_FRAMES), self._fine.shape[0]
         best, best_visible = None, -1.0
         for attempt in range(MAX_ATTEMPTS):
             motion = np.random.default_rng([self.seed, index, attempt + 1])
-            masks = [self._shape_masks(motion, int(k), float(s)) for k, s in zip(kinds, sizes)]  # n x (T, S, S)
+            masks = [self._shape_masks(motion, int(k), float(s), bool(e))
+                     for k, s, e in zip(kinds, sizes, entering)]  # n x (T, S, S)
             owner = np.zeros((T, S, S), dtype=np.int8)  # 0 = background, j + 1 = shape j
             for j, mask in enumerate(masks):
                 owner[mask] = j + 1
             area = np.stack([m[:CHECK_FRAMES].reshape(CHECK_FRAMES, -1).sum(1) for m in masks])  # (n, CHECK_FRAMES)
             seen = np.stack([(owner[:CHECK_FRAMES] == j + 1).reshape(CHECK_FRAMES, -1).sum(1) for j in range(n)])
-            visible = float((seen / np.maximum(area, 1)).min())
+            visible = float(np.where(area > 0, seen / np.maximum(area, 1), 1.0).min())
             if visible > best_visible:
                 best, best_visible = owner, visible
             if visible >= MIN_VISIBLE:
@@ -130,7 +173,35 @@ class MovingShapesDataset(Dataset):
         for j, colour in enumerate(colours):
             video = video + coverage[j + 1][..., None] * colour
         tracks = coverage.argmax(0)  # (T, H, W)
+        if self.occluders:
+            bars, colour = self._occluders(np.random.default_rng([self.seed, index, 0, 4]), bg_colours)
+            video = np.where(bars[None, ..., None], colour, video)
+            tracks = np.where(bars[None], 0, tracks)
         return np.clip(video, 0.0, 1.0).astype(np.float32), tracks, n
+
+    def _camouflage_colour(self, rng: np.random.Generator, bg: list[np.ndarray]) -> np.ndarray:
+        """A colour of the background texture moved by an RGB distance of 0.10-0.16 in a random direction."""
+        base = bg[0] + rng.uniform(0, 1) * (bg[1] - bg[0])
+        for _ in range(30):
+            step = rng.normal(size=3)
+            colour = base + rng.uniform(*CAMOUFLAGE_DISTANCE) * step / max(float(np.linalg.norm(step)), 1e-6)
+            if ((colour >= 0) & (colour <= 1)).all():
+                break
+        return np.clip(colour, 0, 1).astype(np.float32)
+
+    def _occluders(self, rng: np.random.Generator, bg: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) bool mask of ``occluders`` static vertical or horizontal bars, and their flat colour."""
+        bars = np.zeros((self.image_size, self.image_size), dtype=bool)
+        for _ in range(self.occluders):
+            width = rng.uniform(*OCCLUDER_WIDTH)
+            start = rng.uniform(0.1, 0.9 - width)
+            inside = (self._coarse >= start) & (self._coarse < start + width)
+            if rng.random() < 0.5:
+                bars[:, inside] = True
+            else:
+                bars[inside, :] = True
+        colour = np.clip(0.5 * (bg[0] + bg[1]) * rng.uniform(0.6, 0.9), 0, 1).astype(np.float32)
+        return bars, colour
 
     def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
         """(H, W, 3) texture between two colours, and those colours."""
@@ -159,9 +230,10 @@ class MovingShapesDataset(Dataset):
                 break
         return best
 
-    def _shape_masks(self, rng: np.random.Generator, kind: int, size: float) -> np.ndarray:
+    def _shape_masks(self, rng: np.random.Generator, kind: int, size: float, entering: bool = False) -> np.ndarray:
         """(T, S, S) boolean masks of one shape of equal-area radius ``size`` moving along its path, with
-        T = max(num_frames, CHECK_FRAMES)."""
+        T = max(num_frames, CHECK_FRAMES). An ``entering`` shape starts outside a border, just touches it at a
+        frame between 2 and 8, moves straight in and bounces inside the image from then on."""
         T = max(self.num_frames, CHECK_FRAMES)
         t = np.arange(T, dtype=np.float32)[:, None, None]  # (T, 1, 1)
         x, y = self._fine[None, None, :], self._fine[None, :, None]  # (1, 1, S), (1, S, 1)
@@ -174,6 +246,15 @@ class MovingShapesDataset(Dataset):
         c0 = rng.uniform(reach, 1 - reach, size=2)
         cx = _reflect(c0[0] + speed * math.cos(heading) * t, reach, 1 - reach)
         cy = _reflect(c0[1] + speed * math.sin(heading) * t, reach, 1 - reach)
+        if entering:
+            side, t_in = int(rng.integers(4)), rng.uniform(2, CHECK_FRAMES // 2)
+            normal = speed * rng.uniform(0.6, 1.0)  # inward speed, at least 60% of the speed
+            u = -reach + normal * (t - t_in)  # distance of the centre inside the border (linear, then bouncing)
+            u = np.where(u < reach, u, _reflect(u, reach, 1 - reach))
+            along = _reflect(rng.uniform(reach, 1 - reach) + rng.uniform(-1, 1) * math.sqrt(speed**2 - normal**2) * t,
+                             reach, 1 - reach)
+            across = u if side < 2 else 1 - u
+            cx, cy = (across, along) if side % 2 == 0 else (along, across)
         if KINDS[kind] == "circle":
             return (x - cx) ** 2 + (y - cy) ** 2 <= size**2
         theta = rng.uniform(0, 2 * math.pi / sides) + rng.uniform(-0.05, 0.05) * t  # slow rotation

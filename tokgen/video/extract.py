@@ -23,12 +23,20 @@ Method (all classical, CPU, no weights):
 5. **Clean-up and order**: trajectories smaller than ``min_area`` of the clip volume (and all beyond
    ``max_trajectories``) are dissolved into their spatial neighbours; the rest are numbered by decreasing
    space-time area, so a prefix of trajectories is the coarse version of the clip.
+6. **Movers** (``movers=True``): small moving objects, which segmentation paints into their surroundings, are
+   found by how they differ from the clip's background model (camera motion compensated) and tracked on their
+   own (:mod:`tokgen.video.movers`), at ``motion_size``. A mover track that already is most of one
+   trajectory refines that trajectory's masks; any other becomes a trajectory of its own (kept whatever
+   ``min_area`` says; ``max_trajectories`` still applies).
 
 The pipeline runs at ``work_size`` (longest side) and the id map is upsampled (nearest) to the input size.
+Constant frames (black, or one flat colour) carry nothing to segment or track: each run of them is one
+trajectory, the next frame with content starts new ones (as a cut does), and a warning says so.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +45,7 @@ import torch
 
 from ..config import DictConfig
 from .geometry import trajectory_boxes
+from .movers import camera_motion, detect_movers
 from .segment import MaskSource, SuperpixelSegmenter, region_means, resize_nearest, rgb_to_lab
 
 FLOW_PRESETS = ("ultrafast", "fast", "medium")
@@ -61,6 +70,14 @@ class ExtractionConfig(DictConfig):
     absorb_colour: float = 25.0  # CIELAB distance under which colours count as the same
     min_area: float = 0.002  # trajectories below this fraction of the clip volume are dissolved
     max_trajectories: int | None = None  # keep at most this many (largest first)
+    movers: bool = True  # also find small moving objects by motion (see tokgen.video.movers)
+    motion_size: int = 128  # longest side mover detection runs at (larger inputs are downscaled); 0 = input size
+    motion_threshold: float = 0.1  # summed RGB difference in [0, 3] to the background model that is a mover
+    mover_max_area: float = 0.02  # larger moving regions (fraction of the frame) are left to segmentation
+    mover_min_pixels: int = 4  # smaller foreground specks (at motion_size) are noise
+    mover_min_frames: int = 3  # a mover must be seen in this many frames
+    mover_max_gap: int = 4  # frames a mover may stay unseen (occluded) and keep its trajectory
+    mover_explained: float = 3.0  # a mover inside one trajectory at most this many times its volume is that one
 
     def __post_init__(self):
         def check(name, ok, accepted):
@@ -76,6 +93,14 @@ class ExtractionConfig(DictConfig):
         check("link_iou", 0.0 <= self.link_iou <= 1.0, "a number in [0, 1]")
         check("absorb_fraction", 0.0 < self.absorb_fraction <= 1.0, "a number in (0, 1]")
         check("min_area", 0.0 <= self.min_area < 1.0, "a number in [0, 1)")
+        check("motion_size", isinstance(self.motion_size, int) and (self.motion_size == 0 or self.motion_size >= 16),
+              "0 or an int >= 16")
+        check("motion_threshold", self.motion_threshold > 0, "a number > 0")
+        check("mover_max_area", 0.0 < self.mover_max_area <= 1.0, "a number in (0, 1]")
+        for name in ("mover_min_pixels", "mover_min_frames"):
+            check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "a positive int")
+        check("mover_max_gap", isinstance(self.mover_max_gap, int) and self.mover_max_gap >= 0, "an int >= 0")
+        check("mover_explained", self.mover_explained >= 1.0, "a number >= 1")
         check("max_trajectories", self.max_trajectories is None
               or (isinstance(self.max_trajectories, int) and self.max_trajectories >= 1), "None or a positive int")
 
@@ -158,8 +183,14 @@ def _fill_from_neighbours(ids: np.ndarray, invalid: np.ndarray) -> np.ndarray:
 
 def _finalize(ids: np.ndarray, min_area: float, max_trajectories: int | None) -> np.ndarray:
     """Dissolve small / surplus trajectories into neighbours and renumber 0..N-1 by decreasing area."""
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    inverse = inverse.reshape(ids.shape)
+    if ids.min() >= 0 and ids.max() < ids.size:  # small non-negative ids: a lookup table instead of a sort
+        present = np.bincount(ids.ravel()) > 0
+        uniq = np.flatnonzero(present)
+        lookup = np.cumsum(present) - 1
+        inverse = lookup[ids]
+    else:
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        inverse = inverse.reshape(ids.shape)
     areas = np.bincount(inverse.ravel())
     order = np.argsort(-areas, kind="stable")
     keep = areas >= min_area * ids.size
@@ -206,8 +237,53 @@ def _link(seg: np.ndarray, warped: np.ndarray, lab: np.ndarray, next_id: int, cf
     return table[seg, w_idx], next_id
 
 
+def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted frame indices -> (first, last) of every run of consecutive ones."""
+    breaks = np.flatnonzero(np.diff(indices) > 1)
+    starts = np.r_[indices[:1], indices[breaks + 1]]
+    ends = np.r_[indices[breaks], indices[-1:]]
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def _add_movers(ids: np.ndarray, frames: np.ndarray, flows: list, work: tuple[int, int], cfg: ExtractionConfig):
+    """Mover tracks (:mod:`tokgen.video.movers`) into the (T, H, W) id map ``ids``: one explained by a single
+    trajectory (most of its pixels in it, that trajectory at most ``mover_explained`` times its volume) refines
+    that trajectory; any other becomes a new trajectory. Shots (runs without a cut) are handled apart."""
+    import cv2
+
+    T, H, W = ids.shape
+    m = min(1.0, cfg.motion_size / max(H, W)) if cfg.motion_size else 1.0
+    mh, mw = max(1, round(H * m)), max(1, round(W * m))
+    small = frames if (mh, mw) == (H, W) else np.stack([cv2.resize(f, (mw, mh), interpolation=cv2.INTER_AREA)
+                                                          for f in frames])
+    movers = np.zeros((T, mh, mw), dtype=np.int64)
+    starts = [0] + [t for t in range(1, T) if flows[t] is None] + [T]
+    for a, b in zip(starts[:-1], starts[1:]):
+        if b - a < cfg.mover_min_frames:
+            continue
+        affines = camera_motion([flows[t] for t in range(a + 1, b)], work, mh / work[0])
+        found = detect_movers(small[a:b], affines, cfg.motion_threshold, cfg.mover_min_pixels, cfg.mover_max_area,
+                              cfg.mover_min_frames, cfg.mover_max_gap).astype(np.int64)
+        movers[a:b] = np.where(found > 0, found + movers.max(), 0)
+    if not movers.any():
+        return ids
+    movers = resize_nearest(movers, (H, W))
+    M, N = int(movers.max()) + 1, int(ids.max()) + 1
+    inter = np.bincount((movers * N + ids).ravel(), minlength=M * N).reshape(M, N)[1:]  # (movers, trajectories)
+    volume = np.bincount(ids.ravel(), minlength=N)
+    table = np.arange(M, dtype=np.int64) + N - 1  # mover k -> new trajectory N + k - 1 unless explained
+    table[0] = -1
+    for k, row in enumerate(inter, start=1):
+        best = int(row.argmax())
+        if row[best] >= 0.5 * row.sum() and volume[best] <= cfg.mover_explained * row.sum():
+            table[k] = best
+    painted = table[movers]
+    return np.where(painted >= 0, painted, ids)
+
+
 # ---------------------------------------------------------------------------------------------------- pipeline
 MIN_FLOW_SIZE = 12  # OpenCV's DIS optical flow needs a frame whose width or height is at least this
+FLAT_RANGE = 2  # a frame whose grey values span at most this (of 255) is constant
 
 
 def extract_trajectories(
@@ -231,7 +307,7 @@ def extract_trajectories(
     frames = _as_uint8_frames(video)
     T, H, W = frames.shape[:3]
     clock = time.perf_counter()
-    stage = {"resize": 0.0, "segment": 0.0, "flow": 0.0, "link": 0.0, "finalize": 0.0}
+    stage = {"resize": 0.0, "segment": 0.0, "flow": 0.0, "link": 0.0, "movers": 0.0, "finalize": 0.0}
 
     scale = min(1.0, cfg.work_size / max(H, W)) if cfg.work_size else 1.0
     h, w = max(1, round(H * scale)), max(1, round(W * scale))
@@ -244,6 +320,14 @@ def extract_trajectories(
     keyframes = getattr(source, "keyframes", None)
     flow_engine = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{cfg.flow_preset.upper()}"))
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    flat = (grey.max(axis=(1, 2)).astype(np.int16) - grey.min(axis=(1, 2))) <= FLAT_RANGE  # (T,) constant frames
+    if flat.any():
+        runs = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in _runs(np.flatnonzero(flat)))
+        warnings.warn(f"frames {runs} of the {T}-frame clip are constant (black or one flat colour): nothing to "
+                      + ("segment or track, the clip is one trajectory" if flat.all() else
+                         "segment or track there; each run of them is one trajectory and trajectories restart "
+                         "after it"), stacklevel=2)
+    flows: list[np.ndarray | None] = [None] * T  # backward flow of frame t, None at a cut
     now = time.perf_counter()
     stage["resize"], clock = now - clock, now
 
@@ -261,6 +345,7 @@ def extract_trajectories(
     for t in range(1, T):
         clock = time.perf_counter()
         cut = cfg.scene_change > 0 and float(np.abs(grey[t].astype(np.float32) - grey[t - 1]).mean()) / 255 > cfg.scene_change
+        cut = cut or bool(flat[t] != flat[t - 1])
         is_key = (t in keyframes) if keyframes is not None else (t % cfg.keyframe_interval == 0)
         if cut:
             ids[t] = segment(t) + next_id
@@ -268,6 +353,7 @@ def extract_trajectories(
             stage["segment"] += time.perf_counter() - clock
             continue
         flow = flow_engine.calc(grey[t], grey[t - 1], None)  # frame t pixel x came from x + flow(x) in t-1
+        flows[t] = flow
         warped = cv2.remap(ids[t - 1].astype(np.float32), gx + flow[..., 0], gy + flow[..., 1],
                            interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE).astype(np.int64)
         now = time.perf_counter()
@@ -282,9 +368,14 @@ def extract_trajectories(
             ids[t] = warped
 
     clock = time.perf_counter()
-    out = _finalize(ids, cfg.min_area, cfg.max_trajectories)
+    out = _finalize(ids, cfg.min_area, None if cfg.movers else cfg.max_trajectories)
     out = resize_nearest(out, (H, W))
     stage["finalize"] = time.perf_counter() - clock
+    if cfg.movers and T >= cfg.mover_min_frames and not flat.all():
+        clock = time.perf_counter()
+        out = _add_movers(out, frames, flows, (h, w), cfg)
+        out = _finalize(out, 0.0, cfg.max_trajectories)
+        stage["movers"] = time.perf_counter() - clock
     if timings is not None:
         timings.update(stage)
     return Trajectories(np.ascontiguousarray(out))
