@@ -27,8 +27,8 @@ CAMOUFLAGE_DISTANCE = (0.10, 0.16)  # RGB distance of a camouflaged shape's colo
 OCCLUDER_WIDTH = (0.06, 0.10)  # width of a static occluding bar, as a fraction of the image side
 
 
-def _reflect(p: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
-    """Bounce positions ``p`` back and forth inside [lo, hi] (a triangle wave)."""
+def reflect(p: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
+    """Bounce positions ``p`` back and forth inside [lo, hi] (a triangle wave); shared with the photo clips."""
     span = np.maximum(hi - lo, 1e-6)
     u = np.mod(p - lo, 2 * span)
     return lo + np.where(u <= span, u, 2 * span - u)
@@ -244,14 +244,14 @@ class MovingShapesDataset(Dataset):
             sides = 4 if KINDS[kind] == "square" else 3
             reach = size * math.sqrt(2 * math.pi / (sides * math.sin(2 * math.pi / sides)))  # circumradius
         c0 = rng.uniform(reach, 1 - reach, size=2)
-        cx = _reflect(c0[0] + speed * math.cos(heading) * t, reach, 1 - reach)
-        cy = _reflect(c0[1] + speed * math.sin(heading) * t, reach, 1 - reach)
+        cx = reflect(c0[0] + speed * math.cos(heading) * t, reach, 1 - reach)
+        cy = reflect(c0[1] + speed * math.sin(heading) * t, reach, 1 - reach)
         if entering:
             side, t_in = int(rng.integers(4)), rng.uniform(2, CHECK_FRAMES // 2)
             normal = speed * rng.uniform(0.6, 1.0)  # inward speed, at least 60% of the speed
             u = -reach + normal * (t - t_in)  # distance of the centre inside the border (linear, then bouncing)
-            u = np.where(u < reach, u, _reflect(u, reach, 1 - reach))
-            along = _reflect(rng.uniform(reach, 1 - reach) + rng.uniform(-1, 1) * math.sqrt(speed**2 - normal**2) * t,
+            u = np.where(u < reach, u, reflect(u, reach, 1 - reach))
+            along = reflect(rng.uniform(reach, 1 - reach) + rng.uniform(-1, 1) * math.sqrt(speed**2 - normal**2) * t,
                              reach, 1 - reach)
             across = u if side < 2 else 1 - u
             cx, cy = (across, along) if side % 2 == 0 else (along, across)

@@ -27,7 +27,8 @@ Method (all classical, CPU, no weights):
    found by how they differ from the clip's background model (camera motion compensated) and tracked on their
    own (:mod:`tokgen.video.movers`), at ``motion_size``. A mover track that already is most of one
    trajectory refines that trajectory's masks; any other becomes a trajectory of its own (kept whatever
-   ``min_area`` says; ``max_trajectories`` still applies).
+   ``min_area`` says; ``max_trajectories`` still applies). Only for a static camera by default
+   (``movers_moving_camera`` turns on the camera-compensated model, which still finds too many false movers).
 
 The pipeline runs at ``work_size`` (longest side) and the id map is upsampled (nearest) to the input size.
 Constant frames (black, or one flat colour) carry nothing to segment or track: each run of them is one
@@ -78,6 +79,7 @@ class ExtractionConfig(DictConfig):
     mover_min_frames: int = 3  # a mover must be seen in this many frames
     mover_max_gap: int = 4  # frames a mover may stay unseen (occluded) and keep its trajectory
     mover_explained: float = 3.0  # a mover inside one trajectory at most this many times its volume is that one
+    movers_moving_camera: bool = False  # also look for movers when the camera moves (experimental: many false ones)
 
     def __post_init__(self):
         def check(name, ok, accepted):
@@ -263,7 +265,7 @@ def _add_movers(ids: np.ndarray, frames: np.ndarray, flows: list, work: tuple[in
             continue
         affines = camera_motion([flows[t] for t in range(a + 1, b)], work, mh / work[0])
         found = detect_movers(small[a:b], affines, cfg.motion_threshold, cfg.mover_min_pixels, cfg.mover_max_area,
-                              cfg.mover_min_frames, cfg.mover_max_gap).astype(np.int64)
+                              cfg.mover_min_frames, cfg.mover_max_gap, cfg.movers_moving_camera).astype(np.int64)
         movers[a:b] = np.where(found > 0, found + movers.max(), 0)
     if not movers.any():
         return ids

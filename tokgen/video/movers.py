@@ -10,7 +10,9 @@ how it differs from the static scene instead:
    chained to map every frame into frame 0's coordinates. A clip whose chained motion stays
    under half a pixel is treated as filmed by a static camera.
 2. **Background model**: every frame warped into frame 0's coordinates (a canvas covering all of them), and
-   the per-pixel temporal median over the frames that see that pixel; warped back into every frame. A mover
+   the per-pixel temporal median over the frames that see that pixel; warped back into every frame. With a
+   moving camera the model is aligned to about a pixel, so a difference that a one-pixel shift of the model
+   explains does not count. A mover
    covers any one pixel for only a few frames, so the median is the scene without the movers.
 3. **Foreground**: pixels whose colour differs from the background model by more than ``threshold`` (sum of
    the RGB channel differences, in [0, 3]); connected components of at least ``min_pixels`` and at most
@@ -100,17 +102,29 @@ def background_model(frames: np.ndarray, affines: np.ndarray | None) -> tuple[np
 
 
 def detect_movers(frames: np.ndarray, affines: np.ndarray, threshold: float = 0.1, min_pixels: int = 4,
-                  max_area: float = 0.02, min_frames: int = 3, max_gap: int = 4) -> np.ndarray:
+                  max_area: float = 0.02, min_frames: int = 3, max_gap: int = 4,
+                  moving_camera: bool = False) -> np.ndarray:
     """(T, H, W, 3) uint8 frames and camera affines (T, 2, 3) (frame t -> frame 0) -> (T, H, W) int32 mover
-    track map (0 = none, k = track k). See the module docstring."""
+    track map (0 = none, k = track k). See the module docstring. A clip whose camera moves gets no movers
+    unless ``moving_camera`` (its compensated background model still flags too much texture as motion)."""
     import cv2
     from scipy.optimize import linear_sum_assignment
 
     T, H, W = frames.shape[:3]
     corners = np.array([[0, 0, 1], [W, 0, 1], [0, H, 1], [W, H, 1]], dtype=np.float32)
     moved = max(float(np.abs(corners @ a.T - corners[:, :2]).max()) for a in affines)
-    background, valid = background_model(frames, None if moved < STATIC_PX else affines)
+    static = moved < STATIC_PX
+    if not (static or moving_camera):
+        return np.zeros((T, H, W), dtype=np.int32)
+    background, valid = background_model(frames, None if static else affines)
     diff = np.abs(frames.astype(np.float32) - background).sum(-1) / 255.0  # (T, H, W)
+    if not static:  # a moving camera's background is aligned to about a pixel: ignore what a 1-px shift explains
+        pad = np.pad(background, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        for dy in range(3):
+            for dx in range(3):
+                if (dy, dx) != (1, 1):
+                    shifted = pad[:, dy:dy + H, dx:dx + W]
+                    diff = np.minimum(diff, np.abs(frames.astype(np.float32) - shifted).sum(-1) / 255.0)
     foreground = ((diff > threshold) & valid).astype(np.uint8)
 
     out = np.zeros((T, H, W), dtype=np.int32)
