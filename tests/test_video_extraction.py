@@ -105,3 +105,69 @@ def test_bad_config_names_value():
         ExtractionConfig(flow_preset="slow")
     with pytest.raises(ValueError, match="unknown trajectory extraction config keys"):
         ExtractionConfig.from_dict({"segments": 3})
+
+
+# ---------------------------------------------------------------------------------------------------- movers
+HARD = {"min_shapes": 3, "max_shapes": 6, "mover_size_px": (4, 10), "camouflage": 0.3, "enter_fraction": 0.3,
+        "occluders": 1}
+
+
+def test_small_movers_become_trajectories_and_the_count_stays_flat():
+    short = MovingShapesDataset(4, num_frames=16, image_size=128, seed=123, **HARD)
+    long = MovingShapesDataset(4, num_frames=32, image_size=128, seed=123, **HARD)
+    recall, n16, n32, off = [], [], [], []
+    for i in range(4):
+        clip = short[i]
+        traj = extract_trajectories(clip["video"])
+        recall.append(track_scores(traj.ids, clip["tracks"].numpy())["recall"])
+        off.append(track_scores(extract_trajectories(clip["video"], {"movers": False}).ids,
+                                clip["tracks"].numpy())["recall"])
+        n16.append(traj.num)
+        n32.append(extract_trajectories(long[i]["video"]).num)
+    assert np.mean(recall) >= 0.85 and np.mean(recall) > np.mean(off) + 0.5, (recall, off)
+    assert 0.8 <= np.mean(n32) / np.mean(n16) <= 1.2, (n16, n32)
+
+
+def test_harder_moving_shapes_options():
+    clip = MovingShapesDataset(3, num_frames=16, image_size=64, seed=1, max_shapes=6, min_shapes=6,
+                               mover_size_px=(4, 8), enter_fraction=1.0, occluders=2)[0]
+    tracks = clip["tracks"].numpy()
+    present = np.stack([(tracks == j).any((1, 2)) for j in range(1, 7)])  # (6, T)
+    assert not present[:, 0].any() and present.any(1).all()  # every shape enters after frame 0
+    areas = np.array([(tracks == j).sum((1, 2)).max() for j in range(1, 7)])
+    assert (areas <= np.pi * 4**2 + 8).all()  # diameters of at most 8 px
+    with pytest.raises(ValueError, match="mover_size_px"):
+        MovingShapesDataset(1, image_size=32, mover_size_px=(4, 40))
+    with pytest.raises(ValueError, match="camouflage"):
+        MovingShapesDataset(1, camouflage=2.0)
+
+
+def test_photo_clips_have_mover_masks_and_a_moving_camera():
+    from tokgen.data.photo_clips import PhotoMoversDataset
+
+    data = PhotoMoversDataset(2, num_frames=8, image_size=64, min_movers=2, max_movers=2, mover_size_px=(6, 10),
+                              enter_fraction=0.0, seed=3)
+    clip = data[0]
+    assert clip["video"].shape == (8, 3, 64, 64) and clip["video"].abs().max() <= 1
+    assert set(np.unique(clip["tracks"].numpy())) == {0, 1, 2}
+    assert not torch.equal(clip["video"][0], clip["video"][-1])
+    assert torch.equal(PhotoMoversDataset(2, num_frames=16, image_size=64, min_movers=2, max_movers=2,
+                                          mover_size_px=(6, 10), enter_fraction=0.0, seed=3)[0]["video"][:8],
+                       clip["video"])
+    static = PhotoMoversDataset(1, num_frames=8, image_size=64, min_movers=2, max_movers=2, mover_size_px=(6, 10),
+                                enter_fraction=0.0, camera=False, seed=3)[0]
+    traj = extract_trajectories(static["video"])
+    assert track_scores(traj.ids, static["tracks"].numpy())["recall"] >= 0.5
+
+
+def test_constant_frames_warn_and_restart_trajectories():
+    clip = MovingShapesDataset(1, num_frames=16, image_size=64, seed=4)[0]["video"].clone()
+    black = torch.full_like(clip, -1.0)
+    with pytest.warns(UserWarning, match="frames 0-15 .* constant.*one trajectory"):
+        assert extract_trajectories(black).num == 1
+    clip[:4] = -1.0  # a black start
+    with pytest.warns(UserWarning, match="frames 0-3 .* constant"):
+        traj = extract_trajectories(clip)
+    first = set(np.unique(traj.ids[:4]).tolist())
+    assert len(first) == 1 and not first & set(np.unique(traj.ids[4:]).tolist())
+    assert len(np.unique(traj.ids[4])) > 1

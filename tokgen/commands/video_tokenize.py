@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     from ..video import VideoTokenizer, extract_trajectories, overlay, write_video
     from ..video.io import WRITE_EXTENSIONS, count_frames, read_clip, to_uint8_frames
-    from ..video.trajectories import MIN_FLOW_SIZE
+    from ..video.extract import MIN_FLOW_SIZE
 
     args = build_parser().parse_args(argv)
     if args.size is not None:

@@ -52,12 +52,14 @@ def _check_shape_args(image_size: int, min_shapes: int, max_shapes: int, backgro
     check_choice("background", background, BACKGROUNDS)
 
 
-def _random_colour(rng: np.random.Generator, saturation: tuple, value: tuple) -> np.ndarray:
+def random_colour(rng: np.random.Generator, saturation: tuple, value: tuple) -> np.ndarray:
+    """A random RGB colour in [0, 1] (float32): uniform hue, saturation and value drawn in the given ranges."""
     rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*saturation), rng.uniform(*value))
     return np.array(rgb, dtype=np.float32)
 
 
-def _min_distance(colour: np.ndarray, others: list[np.ndarray]) -> float:
+def min_distance(colour: np.ndarray, others: list[np.ndarray]) -> float:
+    """Smallest RGB distance from ``colour`` to any of ``others`` (inf when there are none)."""
     return min((float(np.linalg.norm(colour - o)) for o in others), default=math.inf)
 
 
@@ -154,13 +156,13 @@ class ShapesDataset(Dataset):
     def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
         """Plain colour or linear gradient: returns ((H, W, 3) image, list of its end colours)."""
         use_gradient = self.background == "gradient" or (self.background == "mixed" and rng.random() < 0.5)
-        c0 = _random_colour(rng, saturation=(0.0, 0.8), value=(0.05, 0.95))
+        c0 = random_colour(rng, saturation=(0.0, 0.8), value=(0.05, 0.95))
         H = self.image_size
         if not use_gradient:
             return np.broadcast_to(c0, (H, H, 3)).astype(np.float32), [c0]
         c1 = c0
         for _ in range(20):  # make the gradient visible
-            c1 = _random_colour(rng, saturation=(0.0, 0.8), value=(0.05, 0.95))
+            c1 = random_colour(rng, saturation=(0.0, 0.8), value=(0.05, 0.95))
             if np.linalg.norm(c1 - c0) >= 0.3:
                 break
         angle = rng.uniform(0, 2 * math.pi)
@@ -174,8 +176,8 @@ class ShapesDataset(Dataset):
         """A saturated colour far enough from the background and the other shapes (best of 30 tries)."""
         best, best_score = None, -math.inf
         for _ in range(30):
-            colour = _random_colour(rng, saturation=(0.6, 1.0), value=(0.6, 1.0))
-            score = min(_min_distance(colour, bg) / MIN_BG_DISTANCE, _min_distance(colour, shapes) / MIN_SHAPE_DISTANCE)
+            colour = random_colour(rng, saturation=(0.6, 1.0), value=(0.6, 1.0))
+            score = min(min_distance(colour, bg) / MIN_BG_DISTANCE, min_distance(colour, shapes) / MIN_SHAPE_DISTANCE)
             if score > best_score:
                 best, best_score = colour, score
             if score >= 1.0:

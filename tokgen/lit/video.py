@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..metrics import to_unit
 from ..video.metrics import video_psnr, video_ssim
 from ..video.tokenizer import VideoTokenizer, VideoTokenizerConfig
-from ..video.trajectories import trajectory_moments
+from ..video.geometry import trajectory_moments
 from .ema import ema_update
 from .grids import save_val_grid, should_save_grid
 from .schedule import warmup_cosine

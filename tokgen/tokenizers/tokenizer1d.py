@@ -133,7 +133,7 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         self.enc_mix = nn.Parameter(torch.randn(c.num_tokens, num_patches) * num_patches**-0.5) if c.token_mixing else None
 
         self.build_decoder(c, token_dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def encoder_input(self, config: TokenizerConfig) -> tuple[int, int]:
         """(channels, size) of what the encoder's patch embedding reads: the images themselves here."""
@@ -285,7 +285,9 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
                                  what="tokgen tokenizer", use_ema=use_ema, map_location=map_location)[0]
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """Transformer initialisation (truncated-normal linear weights, zero biases, unit LayerNorms); the video
+    tokenizer applies it to its transformer parts too."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

@@ -1,12 +1,13 @@
-"""Video reconstruction metrics per number of tokens.
+"""Video metrics: reconstruction quality per number of tokens, and trajectory tracking against ground truth.
 
 Protocol (the image protocol of :mod:`tokgen.metrics`, applied frame by frame): clips in [-1, 1] are rounded
 to uint8 as a video file stores them; PSNR per clip over all frames and pixels (one MSE per clip); SSIM per
 frame (torchmetrics, 11x11 Gaussian, sigma 1.5), averaged over the clip's frames; each metric is the mean
-over clips.
+over clips. Tracking (:func:`track_scores`): recall of ground-truth objects by space-time mask IoU, and purity.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..metrics import psnr, ssim, to_uint8
@@ -71,3 +72,31 @@ def evaluate_video_tokenizer(model, loader, budgets: list[int] | None = None, li
         raise ValueError("the evaluation data yielded no clips")
     return {"budgets": budgets, "clips": clips, "num_tokens": K, "kind": model.config.kind,
             **{m: {k: v / clips for k, v in s.items()} for m, s in sums.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+def track_scores(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.5, background: int | None = 0) -> dict:
+    """Compare predicted trajectories with ground-truth tracks, both (T, H, W) id maps.
+
+    - recall: fraction of ground-truth object tracks (all ids but ``background``) that some predicted
+      trajectory matches with space-time mask IoU >= ``iou_threshold`` (IoU of the two (T, H, W) volumes).
+    - purity: fraction of predicted space-time pixels that carry their trajectory's majority ground-truth
+      id (background included), i.e. how rarely a trajectory straddles two objects or drifts off its object.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    p_ids, p = np.unique(pred, return_inverse=True)
+    g_ids, g = np.unique(gt, return_inverse=True)
+    P, G = len(p_ids), len(g_ids)
+    inter = np.bincount(p.ravel() * G + g.ravel(), minlength=P * G).reshape(P, G).astype(np.float64)
+    iou = inter / (inter.sum(1)[:, None] + inter.sum(0)[None] - inter)
+    objects = [j for j in range(G) if background is None or g_ids[j] != background]
+    best = iou[:, objects].max(0) if objects else np.zeros(0)
+    return {
+        "recall": float((best >= iou_threshold).mean()) if objects else 1.0,
+        "purity": float(inter.max(1).sum() / inter.sum()),
+        "num_pred": int(P),
+        "num_gt_objects": len(objects),
+        "best_iou": [round(float(b), 4) for b in best],
+    }

@@ -41,8 +41,8 @@ from torch import nn
 from ..config import DictConfig
 from ..nn import Transformer, TransformerBlock, sincos_1d
 from ..quantize import QuantizerConfig
-from ..tokenizers.tokenizer1d import _init_weights
-from .trajectories import trajectory_boxes, trajectory_moments
+from ..tokenizers.tokenizer1d import init_weights
+from .geometry import trajectory_boxes, trajectory_moments
 
 KINDS = ("trajectory", "patch")
 REL_BANDS = 4  # Fourier bands of the decoder's position relative to a trajectory's predicted geometry
@@ -175,7 +175,7 @@ class VideoTokenizer(nn.Module):
             self.colour_head = nn.Linear(c.width, tt * c.channels)  # per frame of the tubelet: base RGB
         for module in (getattr(self, n, None) for n in ("temporal", "token_mixer", "encoder", "decoder")):
             if module is not None:
-                module.apply(_init_weights)  # transformer init; convs and the broadcast MLP keep PyTorch's
+                module.apply(init_weights)  # transformer init; convs and the broadcast MLP keep PyTorch's
 
     @property
     def num_tokens(self) -> int:

@@ -23,19 +23,31 @@ Method (all classical, CPU, no weights):
 5. **Clean-up and order**: trajectories smaller than ``min_area`` of the clip volume (and all beyond
    ``max_trajectories``) are dissolved into their spatial neighbours; the rest are numbered by decreasing
    space-time area, so a prefix of trajectories is the coarse version of the clip.
+6. **Movers** (``movers=True``): small moving objects, which segmentation paints into their surroundings, are
+   found by how they differ from the clip's background model (camera motion compensated) and tracked on their
+   own (:mod:`tokgen.video.movers`), at ``motion_size``. A mover track that already is most of one
+   trajectory refines that trajectory's masks; any other becomes a trajectory of its own (kept whatever
+   ``min_area`` says; ``max_trajectories`` still applies). Only for a static camera by default
+   (``movers_moving_camera`` turns on the camera-compensated model, which still finds too many false movers).
 
 The pipeline runs at ``work_size`` (longest side) and the id map is upsampled (nearest) to the input size.
+Constant frames (black, or one flat colour) carry nothing to segment or track: each run of them is one
+trajectory, the next frame with content starts new ones (as a cut does), and a warning says so.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..config import DictConfig
+from .geometry import trajectory_boxes
+from .movers import camera_motion, detect_movers
+from .segment import MaskSource, SuperpixelSegmenter, region_means, resize_nearest, rgb_to_lab
 
 FLOW_PRESETS = ("ultrafast", "fast", "medium")
 
@@ -59,6 +71,15 @@ class ExtractionConfig(DictConfig):
     absorb_colour: float = 25.0  # CIELAB distance under which colours count as the same
     min_area: float = 0.002  # trajectories below this fraction of the clip volume are dissolved
     max_trajectories: int | None = None  # keep at most this many (largest first)
+    movers: bool = True  # also find small moving objects by motion (see tokgen.video.movers)
+    motion_size: int = 128  # longest side mover detection runs at (larger inputs are downscaled); 0 = input size
+    motion_threshold: float = 0.1  # summed RGB difference in [0, 3] to the background model that is a mover
+    mover_max_area: float = 0.02  # larger moving regions (fraction of the frame) are left to segmentation
+    mover_min_pixels: int = 4  # smaller foreground specks (at motion_size) are noise
+    mover_min_frames: int = 3  # a mover must be seen in this many frames
+    mover_max_gap: int = 4  # frames a mover may stay unseen (occluded) and keep its trajectory
+    mover_explained: float = 3.0  # a mover inside one trajectory at most this many times its volume is that one
+    movers_moving_camera: bool = False  # also look for movers when the camera moves (experimental: many false ones)
 
     def __post_init__(self):
         def check(name, ok, accepted):
@@ -74,6 +95,14 @@ class ExtractionConfig(DictConfig):
         check("link_iou", 0.0 <= self.link_iou <= 1.0, "a number in [0, 1]")
         check("absorb_fraction", 0.0 < self.absorb_fraction <= 1.0, "a number in (0, 1]")
         check("min_area", 0.0 <= self.min_area < 1.0, "a number in [0, 1)")
+        check("motion_size", isinstance(self.motion_size, int) and (self.motion_size == 0 or self.motion_size >= 16),
+              "0 or an int >= 16")
+        check("motion_threshold", self.motion_threshold > 0, "a number > 0")
+        check("mover_max_area", 0.0 < self.mover_max_area <= 1.0, "a number in (0, 1]")
+        for name in ("mover_min_pixels", "mover_min_frames"):
+            check(name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "a positive int")
+        check("mover_max_gap", isinstance(self.mover_max_gap, int) and self.mover_max_gap >= 0, "an int >= 0")
+        check("mover_explained", self.mover_explained >= 1.0, "a number >= 1")
         check("max_trajectories", self.max_trajectories is None
               or (isinstance(self.max_trajectories, int) and self.max_trajectories >= 1), "None or a positive int")
 
@@ -118,137 +147,7 @@ class Trajectories:
         return cls(_finalize(id_map, min_area, max_trajectories))
 
 
-def trajectory_boxes(ids: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids (B, T, H, W) int64 -> (boxes (B, num, T, 4) as (x0, y0, x1, y1) in [0, 1], presence (B, num, T) bool).
-
-    Boxes span pixel edges: a one-pixel trajectory at column x has x0 = x / W, x1 = (x + 1) / W.
-    """
-    B, T, H, W = ids.shape
-    onehot = ids[:, None] == torch.arange(num, device=ids.device)[None, :, None, None, None]  # (B, N, T, H, W)
-    rows, cols = onehot.any(-1), onehot.any(-2)  # (B, N, T, H), (B, N, T, W)
-    presence = rows.any(-1)
-    ar_h = torch.arange(H, device=ids.device, dtype=torch.float32)
-    ar_w = torch.arange(W, device=ids.device, dtype=torch.float32)
-    y0 = torch.where(rows, ar_h, float(H)).amin(-1)
-    y1 = torch.where(rows, ar_h + 1, 0.0).amax(-1)
-    x0 = torch.where(cols, ar_w, float(W)).amin(-1)
-    x1 = torch.where(cols, ar_w + 1, 0.0).amax(-1)
-    boxes = torch.stack([x0 / W, y0 / H, x1 / W, y1 / H], -1) * presence[..., None]
-    return boxes, presence
-
-
-def trajectory_moments(ids: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids (B, T, H, W) int64 -> (moments (B, num, T, 4) as (cy, cx, sy, sx), presence (B, num, T) bool).
-
-    Per frame, the centroid and the standard deviation of each trajectory's pixel coordinates, in [0, 1] of the
-    image (pixel centres at (i + 0.5) / H); zeros where absent. A uniform disc of radius r has s = r / 2, a
-    uniform square of half-side a has s = a / sqrt(3).
-    """
-    B, T, H, W = ids.shape
-    onehot = (ids[:, None] == torch.arange(num, device=ids.device)[None, :, None, None, None]).float()
-    rows, cols = onehot.sum(-1), onehot.sum(-2)  # (B, N, T, H), (B, N, T, W): pixels per row / column
-    count = rows.sum(-1)
-    presence = count > 0
-    moments = []
-    for hist, size in ((rows, H), (cols, W)):
-        coord = (torch.arange(size, device=ids.device, dtype=torch.float32) + 0.5) / size
-        mean = (hist * coord).sum(-1) / count.clamp_min(1)
-        var = (hist * coord**2).sum(-1) / count.clamp_min(1) - mean**2
-        moments.append((mean, var.clamp_min(0).sqrt()))
-    (cy, sy), (cx, sx) = moments
-    return torch.stack([cy, cx, sy, sx], -1) * presence[..., None], presence
-
-
-# ---------------------------------------------------------------------------------------------------- mask sources
-class MaskSource(Protocol):
-    """Segments one key frame: ``(H, W, 3) uint8 RGB -> (H, W) int labels`` (any non-negative ids)."""
-
-    def __call__(self, frame: np.ndarray, index: int) -> np.ndarray: ...
-
-
-def rgb_to_lab(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> float32 CIELAB (L in 0..100)."""
-    import cv2
-
-    return cv2.cvtColor(frame.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-
-
-def region_means(labels: np.ndarray, values: np.ndarray, num: int) -> np.ndarray:
-    """Mean of ``values`` (H, W, C) over every label 0..num-1 of ``labels`` (H, W) -> (num, C)."""
-    flat = labels.ravel()
-    counts = np.maximum(np.bincount(flat, minlength=num), 1)
-    return np.stack([np.bincount(flat, weights=values[..., c].ravel(), minlength=num) for c in range(values.shape[-1])],
-                    axis=1) / counts[:, None]
-
-
-def rag_merge(labels: np.ndarray, lab: np.ndarray, threshold: float) -> np.ndarray:
-    """Merge adjacent regions whose mean colours are closer than ``threshold``: the region adjacency graph,
-    cut at the threshold, and its connected components as the new labels (0..M-1)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = int(labels.max()) + 1
-    means = region_means(labels, lab, n)
-    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
-    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])
-    edge = a != b
-    a, b = a[edge], b[edge]
-    close = np.linalg.norm(means[a] - means[b], axis=1) < threshold
-    graph = coo_matrix((np.ones(int(close.sum())), (a[close], b[close])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    return component[labels].astype(np.int32)
-
-
-class SuperpixelSegmenter:
-    """SLIC superpixels in CIELAB, optionally merged by a region adjacency graph (see :func:`rag_merge`)."""
-
-    def __init__(self, n_segments: int = 48, compactness: float = 5.0, iters: int = 5, merge_threshold: float = 12.0):
-        self.n_segments, self.compactness, self.iters = n_segments, compactness, iters
-        self.merge_threshold = merge_threshold
-
-    def __call__(self, frame: np.ndarray, index: int = 0) -> np.ndarray:
-        from skimage.segmentation import slic
-
-        # RGB in, skimage converts to CIELAB itself (it min-max rescales its input first, which would squash a
-        # CIELAB input and with it the meaning of ``compactness``)
-        labels = slic(frame.astype(np.float32) / 255.0, n_segments=self.n_segments, compactness=self.compactness,
-                      max_num_iter=self.iters, start_label=0, channel_axis=-1).astype(np.int32)
-        if self.merge_threshold > 0:
-            labels = rag_merge(labels, rgb_to_lab(frame), self.merge_threshold)
-        return labels
-
-
-class PrecomputedMasks:
-    """Externally computed key-frame segmentations: ``{frame index: (H, W) int labels}``.
-
-    Its key frames replace the schedule (scene-change detection still applies). Label maps of another size
-    than the frames are resized (nearest).
-    """
-
-    def __init__(self, label_maps: dict[int, np.ndarray]):
-        if not label_maps or 0 not in label_maps:
-            raise ValueError(f"PrecomputedMasks needs a label map for frame 0; got frames {sorted(label_maps)}")
-        self.label_maps = {int(k): np.asarray(v) for k, v in label_maps.items()}
-        self.keyframes = set(self.label_maps)
-
-    def __call__(self, frame: np.ndarray, index: int) -> np.ndarray:
-        if index not in self.label_maps:
-            raise ValueError(f"no precomputed mask for key frame {index}; available: {sorted(self.label_maps)}")
-        return _resize_nearest(self.label_maps[index], frame.shape[:2])
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
-def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(..., h, w) -> (..., H, W) by nearest neighbour (pixel centres)."""
-    h, w = labels.shape[-2:]
-    H, W = shape
-    if (h, w) == (H, W):
-        return labels
-    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
-    return labels[..., rows[:, None], cols[None, :]]
-
-
 def _as_uint8_frames(video) -> np.ndarray:
     """Accept (T, H, W, 3) uint8 or (T, 3, H, W) float in [-1, 1] -> (T, H, W, 3) uint8, with a clear error."""
     if isinstance(video, torch.Tensor):
@@ -286,8 +185,14 @@ def _fill_from_neighbours(ids: np.ndarray, invalid: np.ndarray) -> np.ndarray:
 
 def _finalize(ids: np.ndarray, min_area: float, max_trajectories: int | None) -> np.ndarray:
     """Dissolve small / surplus trajectories into neighbours and renumber 0..N-1 by decreasing area."""
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    inverse = inverse.reshape(ids.shape)
+    if ids.min() >= 0 and ids.max() < ids.size:  # small non-negative ids: a lookup table instead of a sort
+        present = np.bincount(ids.ravel()) > 0
+        uniq = np.flatnonzero(present)
+        lookup = np.cumsum(present) - 1
+        inverse = lookup[ids]
+    else:
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        inverse = inverse.reshape(ids.shape)
     areas = np.bincount(inverse.ravel())
     order = np.argsort(-areas, kind="stable")
     keep = areas >= min_area * ids.size
@@ -334,8 +239,53 @@ def _link(seg: np.ndarray, warped: np.ndarray, lab: np.ndarray, next_id: int, cf
     return table[seg, w_idx], next_id
 
 
+def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted frame indices -> (first, last) of every run of consecutive ones."""
+    breaks = np.flatnonzero(np.diff(indices) > 1)
+    starts = np.r_[indices[:1], indices[breaks + 1]]
+    ends = np.r_[indices[breaks], indices[-1:]]
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def _add_movers(ids: np.ndarray, frames: np.ndarray, flows: list, work: tuple[int, int], cfg: ExtractionConfig):
+    """Mover tracks (:mod:`tokgen.video.movers`) into the (T, H, W) id map ``ids``: one explained by a single
+    trajectory (most of its pixels in it, that trajectory at most ``mover_explained`` times its volume) refines
+    that trajectory; any other becomes a new trajectory. Shots (runs without a cut) are handled apart."""
+    import cv2
+
+    T, H, W = ids.shape
+    m = min(1.0, cfg.motion_size / max(H, W)) if cfg.motion_size else 1.0
+    mh, mw = max(1, round(H * m)), max(1, round(W * m))
+    small = frames if (mh, mw) == (H, W) else np.stack([cv2.resize(f, (mw, mh), interpolation=cv2.INTER_AREA)
+                                                          for f in frames])
+    movers = np.zeros((T, mh, mw), dtype=np.int64)
+    starts = [0] + [t for t in range(1, T) if flows[t] is None] + [T]
+    for a, b in zip(starts[:-1], starts[1:]):
+        if b - a < cfg.mover_min_frames:
+            continue
+        affines = camera_motion([flows[t] for t in range(a + 1, b)], work, mh / work[0])
+        found = detect_movers(small[a:b], affines, cfg.motion_threshold, cfg.mover_min_pixels, cfg.mover_max_area,
+                              cfg.mover_min_frames, cfg.mover_max_gap, cfg.movers_moving_camera).astype(np.int64)
+        movers[a:b] = np.where(found > 0, found + movers.max(), 0)
+    if not movers.any():
+        return ids
+    movers = resize_nearest(movers, (H, W))
+    M, N = int(movers.max()) + 1, int(ids.max()) + 1
+    inter = np.bincount((movers * N + ids).ravel(), minlength=M * N).reshape(M, N)[1:]  # (movers, trajectories)
+    volume = np.bincount(ids.ravel(), minlength=N)
+    table = np.arange(M, dtype=np.int64) + N - 1  # mover k -> new trajectory N + k - 1 unless explained
+    table[0] = -1
+    for k, row in enumerate(inter, start=1):
+        best = int(row.argmax())
+        if row[best] >= 0.5 * row.sum() and volume[best] <= cfg.mover_explained * row.sum():
+            table[k] = best
+    painted = table[movers]
+    return np.where(painted >= 0, painted, ids)
+
+
 # ---------------------------------------------------------------------------------------------------- pipeline
 MIN_FLOW_SIZE = 12  # OpenCV's DIS optical flow needs a frame whose width or height is at least this
+FLAT_RANGE = 2  # a frame whose grey values span at most this (of 255) is constant
 
 
 def extract_trajectories(
@@ -359,7 +309,7 @@ def extract_trajectories(
     frames = _as_uint8_frames(video)
     T, H, W = frames.shape[:3]
     clock = time.perf_counter()
-    stage = {"resize": 0.0, "segment": 0.0, "flow": 0.0, "link": 0.0, "finalize": 0.0}
+    stage = {"resize": 0.0, "segment": 0.0, "flow": 0.0, "link": 0.0, "movers": 0.0, "finalize": 0.0}
 
     scale = min(1.0, cfg.work_size / max(H, W)) if cfg.work_size else 1.0
     h, w = max(1, round(H * scale)), max(1, round(W * scale))
@@ -372,6 +322,14 @@ def extract_trajectories(
     keyframes = getattr(source, "keyframes", None)
     flow_engine = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{cfg.flow_preset.upper()}"))
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    flat = (grey.max(axis=(1, 2)).astype(np.int16) - grey.min(axis=(1, 2))) <= FLAT_RANGE  # (T,) constant frames
+    if flat.any():
+        runs = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in _runs(np.flatnonzero(flat)))
+        warnings.warn(f"frames {runs} of the {T}-frame clip are constant (black or one flat colour): nothing to "
+                      + ("segment or track, the clip is one trajectory" if flat.all() else
+                         "segment or track there; each run of them is one trajectory and trajectories restart "
+                         "after it"), stacklevel=2)
+    flows: list[np.ndarray | None] = [None] * T  # backward flow of frame t, None at a cut
     now = time.perf_counter()
     stage["resize"], clock = now - clock, now
 
@@ -389,6 +347,7 @@ def extract_trajectories(
     for t in range(1, T):
         clock = time.perf_counter()
         cut = cfg.scene_change > 0 and float(np.abs(grey[t].astype(np.float32) - grey[t - 1]).mean()) / 255 > cfg.scene_change
+        cut = cut or bool(flat[t] != flat[t - 1])
         is_key = (t in keyframes) if keyframes is not None else (t % cfg.keyframe_interval == 0)
         if cut:
             ids[t] = segment(t) + next_id
@@ -396,6 +355,7 @@ def extract_trajectories(
             stage["segment"] += time.perf_counter() - clock
             continue
         flow = flow_engine.calc(grey[t], grey[t - 1], None)  # frame t pixel x came from x + flow(x) in t-1
+        flows[t] = flow
         warped = cv2.remap(ids[t - 1].astype(np.float32), gx + flow[..., 0], gy + flow[..., 1],
                            interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE).astype(np.int64)
         now = time.perf_counter()
@@ -410,37 +370,14 @@ def extract_trajectories(
             ids[t] = warped
 
     clock = time.perf_counter()
-    out = _finalize(ids, cfg.min_area, cfg.max_trajectories)
-    out = _resize_nearest(out, (H, W))
+    out = _finalize(ids, cfg.min_area, None if cfg.movers else cfg.max_trajectories)
+    out = resize_nearest(out, (H, W))
     stage["finalize"] = time.perf_counter() - clock
+    if cfg.movers and T >= cfg.mover_min_frames and not flat.all():
+        clock = time.perf_counter()
+        out = _add_movers(out, frames, flows, (h, w), cfg)
+        out = _finalize(out, 0.0, cfg.max_trajectories)
+        stage["movers"] = time.perf_counter() - clock
     if timings is not None:
         timings.update(stage)
     return Trajectories(np.ascontiguousarray(out))
-
-
-# ---------------------------------------------------------------------------------------------------- scores
-def track_scores(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.5, background: int | None = 0) -> dict:
-    """Compare predicted trajectories with ground-truth tracks, both (T, H, W) id maps.
-
-    - recall: fraction of ground-truth object tracks (all ids but ``background``) that some predicted
-      trajectory matches with space-time mask IoU >= ``iou_threshold`` (IoU of the two (T, H, W) volumes).
-    - purity: fraction of predicted space-time pixels that carry their trajectory's majority ground-truth
-      id (background included), i.e. how rarely a trajectory straddles two objects or drifts off its object.
-    """
-    pred, gt = np.asarray(pred), np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
-    p_ids, p = np.unique(pred, return_inverse=True)
-    g_ids, g = np.unique(gt, return_inverse=True)
-    P, G = len(p_ids), len(g_ids)
-    inter = np.bincount(p.ravel() * G + g.ravel(), minlength=P * G).reshape(P, G).astype(np.float64)
-    iou = inter / (inter.sum(1)[:, None] + inter.sum(0)[None] - inter)
-    objects = [j for j in range(G) if background is None or g_ids[j] != background]
-    best = iou[:, objects].max(0) if objects else np.zeros(0)
-    return {
-        "recall": float((best >= iou_threshold).mean()) if objects else 1.0,
-        "purity": float(inter.max(1).sum() / inter.sum()),
-        "num_pred": int(P),
-        "num_gt_objects": len(objects),
-        "best_iou": [round(float(b), 4) for b in best],
-    }
