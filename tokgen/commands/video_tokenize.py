@@ -134,8 +134,7 @@ def eval_main(argv: list[str] | None = None) -> dict:
     model = VideoTokenizer.from_checkpoint(args.ckpt)
     c = model.config
     K = model.num_tokens
-    budgets = (sorted(set(parse_budgets(args.budgets, K))) if args.budgets
-               else sorted({min(2**i, K) for i in range(K.bit_length() + 1)}))
+    budgets = parse_budgets(args.budgets, K)
     dm = VideoDataModule(dataset=name, root=root or None, num_frames=c.num_frames, image_size=c.image_size,
                          val_size=args.num_clips, trajectories=c.kind == "trajectory",
                          extraction=model.extraction_settings(),
