@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tokgen.metrics.adaptive import (adaptive_markdown, calibrate_threshold, evaluate_adaptive,  # noqa: E402
                                      plot_length_histograms)
-from tokgen.metrics.evaluate import save_grid  # noqa: E402
+from tokgen.images import save_labelled_grid  # noqa: E402
 from tokgen.metrics.datasets import build_data  # noqa: E402
 from tokgen.tokenizers import HaltingTokenizer  # noqa: E402
 
@@ -49,7 +49,7 @@ def save_halting_grid(tok, data, target_errors, threshold, n, path) -> None:
         _, lengths, z_q = tok.encode_adaptive(x, eps, threshold=threshold)
         rows.append((f"eps {eps:g}", (tok.decode_latents(z_q, keep=lengths).cpu().clamp(-1, 1) + 1) / 2))
         captions.append([str(int(k)) for k in lengths])
-    save_grid(rows, path, captions=captions)
+    save_labelled_grid(rows, path, captions=captions)
 
 
 def main(argv=None) -> dict:

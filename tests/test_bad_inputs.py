@@ -199,7 +199,7 @@ def test_eval_bad_inputs(work, tmp_path, capsys):
               absent=[out])
     cli_error(capsys, [*base, "--split", "holdout"], "'holdout'", "choose from")
     cli_error(capsys, ["eval", "--ckpt", tok, "--data", "mnist", "--metrics", "psnr", "--out", out], "'mnist'",
-              "'shapes'", absent=[out])
+              "use shapes, fmnist, folder:PATH", absent=[out])
     cli_error(capsys, [*base[:5], "--target-errors", "0.1,abc", "--out", out], "'abc'", "0.05,0.08", absent=[out])
     cli_error(capsys, [*base[:5], "--target-errors=-0.1", "--out", out], "'-0.1'", "numbers > 0", absent=[out])
     if NO_GPU:  # one line, not a CUDA traceback
@@ -364,7 +364,7 @@ def test_video_eval_bad_inputs(work, tmp_path, capsys):
     cli_error(capsys, [*base, "--num-clips", "0", "--out", out], "--num-clips", "positive", absent=[out])
     cli_error(capsys, [*base, "--batch-size", "0", "--out", out], "--batch-size", "positive", absent=[out])
     cli_error(capsys, [*base, "--out", os.path.join(work["afile"], "v.json")], "afile", "is a file")
-    cli_error(capsys, [*base, "--data", "kinetics", "--out", out], "'kinetics'", "moving_shapes or folder:PATH",
+    cli_error(capsys, [*base, "--data", "kinetics", "--out", out], "'kinetics'", "moving_shapes, folder:PATH",
               absent=[out])
 
 

@@ -220,9 +220,10 @@ def test_eval_adaptive_and_tokenize_target_error(tmp_path, tiny_config):
     main(["tokenize", "--ckpt", ckpt, "--data", "shapes", "--split", "train", "--out", str(tokens), "--limit", "12",
           "--batch-size", "5", "--target-error", "0.1", "--no-progress"])
     index, codes, lengths, _ = load_token_shards(str(tokens))
-    from tokgen.commands.tokenize import build_split, parse_data_spec
+    from tokgen.commands.tokenize import build_split
+    from tokgen.data.spec import resolve_data_spec
 
-    dataset, _ = build_split(parse_data_spec("shapes", 16, 3), "train")
+    dataset, _ = build_split(resolve_data_spec("shapes", 16, 3), "train")
     want_codes, want_lengths = tok.encode(torch.stack([dataset[i]["image"] for i in range(12)]), target_error=0.1)
     assert index["target_error"] == 0.1 and torch.equal(lengths.long(), want_lengths)
     assert torch.equal(codes.long(), want_codes) and lengths.unique().numel() > 1

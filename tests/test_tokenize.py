@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from tokgen.cli import main
-from tokgen.commands.tokenize import build_split, parse_data_spec
+from tokgen.commands.tokenize import build_split
+from tokgen.data.spec import resolve_data_spec
 from tokgen.data import TokenShardDataModule
 from tokgen.data.tokens import load_token_shards, read_index
 from tokgen.tokenizers import Tokenizer1D
@@ -45,7 +46,7 @@ def test_shards_hold_the_tokenizer_codes_and_resume(tiny_config, tmp_path):
     _, codes, lengths, labels = load_token_shards(str(out))
     assert codes.dtype == torch.int16 and codes.shape == (70, 8) and (lengths == 8).all()
 
-    dataset, _ = build_split(parse_data_spec("shapes", 16, 3), "train")
+    dataset, _ = build_split(resolve_data_spec("shapes", 16, 3), "train")
     items = [dataset[i] for i in range(70)]
     tok = Tokenizer1D.from_checkpoint(ckpt)
     assert torch.equal(codes.long(), tok.encode(torch.stack([it["image"] for it in items])))
@@ -93,14 +94,14 @@ def test_token_shard_datamodule(tiny_config, tmp_path):
 
 
 def test_data_specs_and_errors(tiny_config, tmp_path):
-    assert parse_data_spec("folder:/x/y", 16, 3) == {
+    assert resolve_data_spec("folder:/x/y", 16, 3) == {
         "class_path": "tokgen.data.ImageFolderDataModule", "init_args": {"root": "/x/y", "image_size": 16, "channels": 3}}
-    assert parse_data_spec("fmnist", 32, 1)["init_args"] == {"image_size": 32, "channels": 1}
+    assert resolve_data_spec("fmnist", 32, 1)["init_args"] == {"image_size": 32, "channels": 1}
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"data": {"class_path": "ShapesDataModule", "init_args": {"max_shapes": 2}}}))
-    assert parse_data_spec(str(spec), 16, 3) == {"class_path": "tokgen.data.ShapesDataModule",
+    assert resolve_data_spec(str(spec), 16, 3) == {"class_path": "tokgen.data.ShapesDataModule",
                                                   "init_args": {"max_shapes": 2, "image_size": 16}}
-    assert parse_data_spec('{"class_path": "tokgen.data.ShapesDataModule"}', 16, 3)["init_args"] == {"image_size": 16}
+    assert resolve_data_spec('{"class_path": "tokgen.data.ShapesDataModule"}', 16, 3)["init_args"] == {"image_size": 16}
 
     ckpt = save_tokenizer(tmp_path / "tok.ckpt", tiny_config())
     base = ["tokenize", "--ckpt", ckpt, "--out", str(tmp_path / "o"), "--no-progress"]

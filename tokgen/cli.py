@@ -11,9 +11,11 @@ import ast
 import difflib
 import importlib
 import inspect
+import logging
 import os
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 
 import torch
@@ -28,6 +30,31 @@ from .resume import (AtomicCheckpointIO, TrainingRng, check_checkpoint_fits, pre
                      remove_stale_temp_files)
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+# Upstream output a tokgen user cannot act on, silenced by exact message (and category) and nothing else:
+# - Lightning's CombinedLoader flattens the dataloaders with torch's LeafSpec, which recent torch deprecates;
+# - Lightning advertises its cloud logger on every fit whatever logger is configured.
+UPSTREAM_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
+LIGHTNING_ADVERT = "💡 Tip: For seamless cloud logging"
+LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class LightningAdvertFilter(logging.Filter):
+    """Drops Lightning's cloud-logger advert (:data:`LIGHTNING_ADVERT`) from its rank-zero info log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_ADVERT)
+
+
+def silence_upstream_noise() -> None:
+    """Install the narrow filters above (idempotent): the console then shows tokgen's and Lightning's real
+    messages only."""
+    for category, message in UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LightningAdvertFilter) for f in logger.filters):
+            logger.addFilter(LightningAdvertFilter())
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -255,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     ``tokgen <command>: error: ...`` message, no traceback, and exits with status 2 (TOKGEN_DEBUG=1 re-raises)."""
     from_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    silence_upstream_noise()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return

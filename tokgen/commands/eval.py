@@ -24,6 +24,7 @@ from ..metrics.datasets import DATA_ACCEPTED, SampleFolder, build_data
 from ..metrics.evaluate import PAIRED_METRICS, evaluate_samples, evaluate_tokenizer, write_report
 from ..metrics.features import FeatureExtractor
 from ..metrics.fid import InceptionFeatures, RealStatsCache, default_cache_dir
+from ..tokenizers.nested_dropout import power_of_two_budgets
 from .checks import CommandParser, check_device, check_output_path
 from .flow_options import FLOW_OPTIONS, add_flow_arguments, apply_flow_arguments
 
@@ -86,8 +87,7 @@ def parse_list(text: str, name: str) -> list[str]:
 
 def parse_budgets(text: str | None, K: int) -> list[int]:
     if text is None:
-        budgets = [2**i for i in range(K.bit_length()) if 2**i <= K]
-        return budgets if budgets[-1] == K else budgets + [K]
+        return power_of_two_budgets(K)
     budgets = []
     for item in parse_list(text, "budgets"):
         if not item.isdigit() or not 1 <= int(item) <= K:

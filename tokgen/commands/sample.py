@@ -191,10 +191,8 @@ def run(args: argparse.Namespace) -> dict:
     ({} elsewhere); accuracy only with ``--classifier``."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
-    from PIL import Image
-    from torchvision.utils import make_grid
 
-    from ..metrics import to_unit
+    from ..images import save_png, tile, to_uint8
     from ..tokenizers import load_tokenizer
 
     for name in ("num", "batch_size", "grid_cols"):
@@ -279,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
                         images = tokenizer.decode_latents(latents, keep=lengths)
                     else:
                         images = tokenizer.decode(codes)
-                images = (to_unit(images) * 255).round().to(torch.uint8).cpu()
+                images = to_uint8(images).cpu()
                 if classifier is not None:
                     predicted = classify(classifier, images)
                     hits[b][0] += int((predicted == torch.tensor([labels[i] for i in idx])).sum())
@@ -291,7 +289,7 @@ def run(args: argparse.Namespace) -> dict:
                         folder = os.path.join(args.out_dir, f"k{b}")
                         os.makedirs(folder, exist_ok=True)
                         name = f"{i:06d}.png" if labels[i] is None else f"{i:06d}_c{labels[i]}.png"
-                        _save_png(images[j], os.path.join(folder, name), Image)
+                        save_png(images[j], os.path.join(folder, name))
                     if i in grid_members:
                         grid[b].append((i, images[j], int(lengths[j])))
 
@@ -312,7 +310,7 @@ def run(args: argparse.Namespace) -> dict:
                 length_reports[b] = report_lengths(chosen, labels, b, data_lengths, path)
                 save_captioned_grid(members, labels, nrow, path)
             else:
-                _save_png(make_grid(images, nrow=nrow, padding=1, pad_value=255), path, Image)
+                save_png(tile(images, nrow), path)
             written[b] = path
             print(f"budget k={b}: {len(labels)} samples, grid {path}"
                   + (f", images {os.path.join(args.out_dir, f'k{b}')}" if args.out_dir else "")
@@ -370,7 +368,7 @@ def report_lengths(chosen: list[tuple[int, int]], labels: list, cap: int, data: 
 def save_captioned_grid(members: list[tuple], labels: list, nrow: int, path: str) -> None:
     """Grid of (index, uint8 image, length) members, one row per class (``nrow`` tiles), each tile captioned
     with its length."""
-    from ..metrics.evaluate import save_grid
+    from ..images import save_labelled_grid
 
     rows, captions = [], []
     for cls in dict.fromkeys(labels[i] for i, _, _ in members):
@@ -379,13 +377,7 @@ def save_captioned_grid(members: list[tuple], labels: list, nrow: int, path: str
             part = group[start:start + nrow]
             rows.append(("" if cls is None else f"c{cls}", torch.stack([m[1] for m in part]).float() / 255))
             captions.append([str(m[2]) for m in part])
-    save_grid(rows, path, captions=captions)
-
-
-def _save_png(image: torch.Tensor, path: str, Image) -> None:
-    """uint8 (C, H, W) -> PNG (grey when C = 1)."""
-    array = image.permute(1, 2, 0).numpy()
-    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(path)
+    save_labelled_grid(rows, path, captions=captions)
 
 
 def main(argv: list[str], prog: str = "tokgen sample") -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..generator import GPT, check_generator_tokenizer
-from ..metrics import to_unit
+from ..images import tile, to_uint8
 from .sample import (budget_path, check_generator_options, generate_budgets, plan_samples, resolve_budgets,
                      resolve_classes)
 
@@ -35,7 +35,7 @@ def decode_clips(tokenizer, codes: torch.Tensor, lengths: torch.Tensor) -> torch
     full = torch.cat([codes, codes.new_zeros(B, K - b)], 1)
     z_q = tokenizer.quantizer.codes_to_latents(full) * keep[..., None]  # padding slots are 0, as in encode
     clips, _ = tokenizer.decode(z_q, keep)
-    return (to_unit(clips) * 255).round().to(torch.uint8).cpu()
+    return to_uint8(clips).cpu()
 
 
 def clip_frames(clip: torch.Tensor) -> np.ndarray:
@@ -46,9 +46,7 @@ def clip_frames(clip: torch.Tensor) -> np.ndarray:
 def tile_clips(clips: torch.Tensor, nrow: int) -> np.ndarray:
     """uint8 clips (N, T, C, H, W) -> (T, H', W', 3): frame t is the grid of every clip's frame t (``nrow`` clips
     per row, 1 px white padding, as the image grids)."""
-    from torchvision.utils import make_grid
-
-    frames = [make_grid(clips[:, t], nrow=nrow, padding=1, pad_value=255) for t in range(clips.shape[1])]
+    frames = [tile(clips[:, t], nrow) for t in range(clips.shape[1])]
     return clip_frames(torch.stack(frames))
 
 

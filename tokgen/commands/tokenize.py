@@ -5,7 +5,7 @@
 
 ``--data`` is a name (``shapes``, ``fmnist``, ``folder:PATH``), a YAML/JSON file holding a datamodule spec
 (``{class_path, init_args}``, or a whole training recipe whose ``data:`` section is used), or that spec
-inline. Image size and channels come from the tokenizer. Items are encoded in dataset order with
+inline (:mod:`tokgen.data.spec`). Image size and channels come from the tokenizer. Items are encoded in dataset order with
 augmentation off; shard i holds items [i * shard_size, (i + 1) * shard_size). Re-running the same command
 skips the shards already written, so an interrupted run resumes.
 
@@ -27,19 +27,17 @@ and ``lengths.png`` beside the shards plots it.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import os
 
 import torch
-from lightning import LightningDataModule
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..checkpoint import checkpoint_kind
-from ..data.base import check_init_args, check_int, read_yaml
+from ..data.base import check_int
+from ..data.spec import DATA_ACCEPTED, build_datamodule, data_accepted, resolve_data_spec
 from ..data.tokens import FORMAT, FORMAT_VERSION, INDEX_NAME, code_dtype, load_token_shards, shard_name
 from ..generator.compat import tokenizer_identity
 from ..metrics.lengths import length_summary, plot_length_comparison
@@ -48,12 +46,6 @@ from .checks import CommandParser, check_device, check_output_path
 LENGTHS_PLOT = "lengths.png"  # written beside the shards once the folder is complete
 
 SPLITS = ("train", "val", "test")
-NAMES = {
-    "shapes": "tokgen.data.ShapesDataModule",
-    "fmnist": "tokgen.data.FashionMNISTDataModule",
-    "folder": "tokgen.data.ImageFolderDataModule",
-}
-VIDEO_NAMES = {"moving_shapes": "tokgen.data.VideoDataModule", "folder": "tokgen.data.VideoDataModule"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="tokenizer checkpoint written by `tokgen fit`")
     p.add_argument("--data", required=True,
-                   help="shapes | fmnist | folder:PATH | a YAML/JSON datamodule spec or recipe file | inline spec; "
-                        "video tokenizers: moving_shapes | folder:PATH (videos) | a video recipe or spec")
+                   help=f"{DATA_ACCEPTED}; video tokenizers: {data_accepted(video=True)}")
     p.add_argument("--split", default="train", help=f"one of {', '.join(SPLITS)} (default train)")
     p.add_argument("--out", required=True, help="output folder (index.json + shard_*.safetensors)")
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
@@ -79,67 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------------------------------- data spec
-def parse_data_spec(spec: str, image_size: int, channels: int, video: dict | None = None) -> dict:
-    """--data value -> {"class_path": ..., "init_args": {...}} with the tokenizer's image size filled in.
-
-    ``video``: for a video tokenizer, the other VideoDataModule settings it fixes (num_frames, trajectories,
-    extraction); names then mean moving_shapes and folder:PATH of videos."""
-    names = NAMES if video is None else VIDEO_NAMES
-    name, _, arg = spec.partition(":")
-    if name in names and (name == "folder") == bool(arg):
-        init = {"root": arg} if name == "folder" else {}
-        if video is not None:
-            init["dataset"] = name
-        resolved = {"class_path": names[name], "init_args": init}
-    elif os.path.isfile(spec):
-        loaded = read_yaml(spec, f"--data {spec}")  # YAML is a superset of JSON
-        resolved = loaded.get("data", loaded) if isinstance(loaded, dict) else None
-    elif spec.lstrip().startswith("{"):
-        resolved = read_yaml(spec, f"--data {spec!r}")
-    elif spec.endswith((".yaml", ".yml", ".json")):
-        raise FileNotFoundError(f"--data file not found: {spec}")
-    else:
-        raise ValueError(
-            f"--data {spec!r} is not accepted; use {', '.join(n + (':PATH' if n == 'folder' else '') for n in names)},"
-            f" a YAML/JSON file with a datamodule spec (class_path + init_args) or a recipe with a data: section,"
-            f" or an inline spec"
-        )
-    if not isinstance(resolved, dict) or "class_path" not in resolved:
-        raise ValueError(f"--data {spec!r} holds no datamodule spec: expected class_path and init_args")
-    if not isinstance(resolved.get("init_args") or {}, dict):
-        raise ValueError(f"--data {spec!r}: init_args must be a mapping of argument names to values")
-    resolved = {"class_path": resolved["class_path"], "init_args": dict(resolved.get("init_args") or {})}
-    if "." not in resolved["class_path"]:
-        resolved["class_path"] = f"tokgen.data.{resolved['class_path']}"
-    cls = _import_class(resolved["class_path"])
-    check_init_args(cls, resolved["init_args"], f"--data {spec}")
-    params = inspect.signature(cls.__init__).parameters
-    init = resolved["init_args"]
-    for key, want in (("image_size", image_size), ("channels", channels), *(video or {}).items()):
-        if key not in params:
-            continue
-        if key in init and init[key] != want:
-            raise ValueError(f"--data has {key}={init[key]} but the tokenizer expects {key}={want}; "
-                             f"set init_args.{key}: {want} or leave it out")
-        init[key] = want
-    return resolved
-
-
-def _import_class(path: str):
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"datamodule class {path!r} cannot be imported; e.g. tokgen.data.FashionMNISTDataModule") from None
-    if not (inspect.isclass(cls) and issubclass(cls, LightningDataModule)):
-        raise ValueError(f"{path!r} is not a LightningDataModule class")
-    return cls
-
-
+# ---------------------------------------------------------------------------------------------------- data
 def build_split(spec: dict, split: str):
     """Instantiate the datamodule and return (dataset of the split, datamodule)."""
-    dm = _import_class(spec["class_path"])(**spec["init_args"])
+    dm = build_datamodule(spec)
     dm.prepare_data()
     dm.setup("fit" if split in ("train", "val") else "test")
     dataset = getattr(dm, f"{split}_set", None)
@@ -192,7 +126,7 @@ def _video_setup(args: argparse.Namespace, device: torch.device):
     fixed = {"num_frames": c.num_frames, "trajectories": trajectory}
     if trajectory:
         fixed["extraction"] = tokenizer.extraction_settings()
-    spec = parse_data_spec(args.data, c.image_size, c.channels, video=fixed)
+    spec = resolve_data_spec(args.data, c.image_size, c.channels, video=fixed, expected_by="tokenizer")
     slots = torch.arange(tokenizer.num_tokens, device=device)
 
     def encode(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +154,8 @@ def _image_setup(args: argparse.Namespace, device: torch.device):
         tokenizer.condition_index(target_error, 1)  # outside the trained range: fail before encoding
     elif threshold is not None:
         raise ValueError("--halt-threshold only applies with --target-error")
-    spec = parse_data_spec(args.data, tokenizer.config.image_size, tokenizer.config.channels)
+    spec = resolve_data_spec(args.data, tokenizer.config.image_size, tokenizer.config.channels,
+                             expected_by="tokenizer")
     return tokenizer, spec, lambda batch: _encode(tokenizer, batch["image"].to(device), target_error, threshold)
 
 

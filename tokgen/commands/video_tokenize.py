@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.base import check_int, check_number
+from ..data.spec import build_datamodule, data_accepted, resolve_data_spec
 from .checks import CommandParser, check_output_path
 from .eval import parse_budgets
 
@@ -111,7 +112,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="tokgen video-eval", description="video PSNR / SSIM of a video tokenizer per "
                                 "number of tokens (trajectory tokens: the first k trajectories of each clip)")
     p.add_argument("--ckpt", required=True, help="video tokenizer checkpoint written by `tokgen fit`")
-    p.add_argument("--data", default="moving_shapes", help="moving_shapes (validation clips) or folder:PATH")
+    p.add_argument("--data", default="moving_shapes", help=f"validation clips of: {data_accepted(video=True)}")
     p.add_argument("--budgets", default=None, help="comma-separated token counts, e.g. 1,2,4,8 (default 1,2,4,..,K)")
     p.add_argument("--num-clips", type=int, default=64, help="clips to score (default 64)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -120,7 +121,6 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 
 def eval_main(argv: list[str] | None = None) -> dict:
-    from ..data.video import VideoDataModule
     from ..video import VideoTokenizer, evaluate_video_tokenizer
 
     args = build_eval_parser().parse_args(argv)
@@ -128,18 +128,17 @@ def eval_main(argv: list[str] | None = None) -> dict:
     check_int("--batch-size", args.batch_size, minimum=1)
     if args.out is not None:
         check_output_path("--out", args.out, suffixes=(".json",))
-    name, _, root = args.data.partition(":")
-    if name not in ("moving_shapes", "folder") or (name == "folder") != bool(root):
-        raise ValueError(f"--data {args.data!r} is not accepted; use moving_shapes or folder:PATH")
+    resolve_data_spec(args.data, video={})  # a bad --data fails before the checkpoint is read
     model = VideoTokenizer.from_checkpoint(args.ckpt)
     c = model.config
     K = model.num_tokens
-    budgets = (sorted(set(parse_budgets(args.budgets, K))) if args.budgets
-               else sorted({min(2**i, K) for i in range(K.bit_length() + 1)}))
-    dm = VideoDataModule(dataset=name, root=root or None, num_frames=c.num_frames, image_size=c.image_size,
-                         val_size=args.num_clips, trajectories=c.kind == "trajectory",
-                         extraction=model.extraction_settings(),
-                         batch_size=args.batch_size)
+    budgets = parse_budgets(args.budgets, K)
+    fixed = {"num_frames": c.num_frames, "trajectories": c.kind == "trajectory",
+             "extraction": model.extraction_settings()}
+    named = {"val_size": args.num_clips}
+    spec = resolve_data_spec(args.data, c.image_size, c.channels, video=fixed, expected_by="video tokenizer",
+                             named_args={"moving_shapes": named, "folder": named})
+    dm = build_datamodule({**spec, "init_args": {**spec["init_args"], "batch_size": args.batch_size}})
     result = evaluate_video_tokenizer(model, dm.val_dataloader(), budgets, limit=args.num_clips)
     print(f"{c.kind} tokenizer, {result['clips']} clips ({c.num_frames} frames at {c.image_size}x{c.image_size})")
     print("| tokens k | mean tokens used | PSNR dB | SSIM |\n|---|---|---|---|")

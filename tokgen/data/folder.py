@@ -105,7 +105,7 @@ def _class_names(root: str) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def _find_images(folder: str, extensions: tuple[str, ...]) -> list[str]:
+def find_images(folder: str, extensions: tuple[str, ...]) -> list[str]:
     """All files under ``folder`` (recursive, symlinks followed) whose extension is accepted, sorted."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -193,7 +193,7 @@ class ImageFolderDataModule(ImageDataModule):
         """(path, label) pairs under ``root``; ``class_to_idx`` None -> single class 0."""
         self._check_dir(root, name)
         if class_to_idx is None:
-            samples = [(p, 0) for p in _find_images(root, self.extensions)]
+            samples = [(p, 0) for p in find_images(root, self.extensions)]
         else:
             samples = []
             for cls in _class_names(root):
@@ -202,7 +202,7 @@ class ImageFolderDataModule(ImageDataModule):
                         f"class subfolder {cls!r} of {name} {root!r} is not among the {len(class_to_idx)} "
                         f"classes of root {self.root!r}"
                     )
-                samples += [(p, class_to_idx[cls]) for p in _find_images(os.path.join(root, cls), self.extensions)]
+                samples += [(p, class_to_idx[cls]) for p in find_images(os.path.join(root, cls), self.extensions)]
         if not samples:
             where = "in its class subfolders" if class_to_idx is not None else "under it"
             raise FileNotFoundError(

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..images import to_uint8
 from .base import check_int
 
 
@@ -42,7 +43,7 @@ def smooth_images(n: int, channels: int, size: int, generator: torch.Generator, 
     arg = freq[..., 0, None, None] * yy + freq[..., 1, None, None] * xx + phase
     x = (amp * torch.cos(arg)).sum(2) / waves ** 0.5
     x = x / x.abs().amax(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
-    return ((x + 1) * 127.5).round().to(torch.uint8)
+    return to_uint8(x)
 
 
 class SyntheticDataModule(L.LightningDataModule):

@@ -2,7 +2,8 @@
 from .compat import check_generator_tokenizer, tokenizer_identity, weights_fingerprint
 from .generate import CFG_SCHEDULES, cfg_scale_at, check_sampling, generate, sample_next, sample_seed, sample_uniforms
 from .kv_cache import KVCache
-from .model import GPT, GPTConfig, apply_rope, rope_tables
+from ..nn import apply_rope, rope_tables
+from .model import GPT, GPTConfig
 
 __all__ = [
     "GPT", "GPTConfig", "KVCache", "apply_rope", "rope_tables",

@@ -9,8 +9,9 @@ Sequence layout (one condition token, then the codes coarse to fine)::
 - The class embedding table has ``num_classes + 1`` rows; the last row is the *null* class used for
   classifier-free guidance (labels are dropped to it with probability ``class_dropout`` in training).
   With ``num_classes = 0`` the model is unconditional and position 0 is a learned start embedding.
-- Blocks are pre-norm: ``x + Attn(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``; attention uses a fused
-  qkv projection and an output projection, both without bias, and 1D rotary embeddings (RoPE) on q and k.
+- Blocks are pre-norm: ``x + Attn(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``; attention
+  (:class:`tokgen.nn.CausalSelfAttention`) uses a fused qkv projection and an output projection, both without
+  bias, grouped-query heads (``n_kv_head``) and 1D rotary embeddings (RoPE, :mod:`tokgen.nn.rope`) on q and k.
   The condition position is *not* rotated (angle 0), code ``i`` is rotated by angle ``i * theta``.
 - Output: RMSNorm + linear to ``vocab_size`` logits (+1 for the end-of-sequence token when ``use_eos``);
   optionally tied to the token embedding.
@@ -25,8 +26,8 @@ Sequence layout (one condition token, then the codes coarse to fine)::
 Inference runs through :class:`~tokgen.generator.kv_cache.KVCache`: ``forward_cached`` writes the new keys
 and values at ``start_pos`` and attends only over the filled part of the cache, so a decode step at
 position t reads t cached keys (not the whole pre-allocated cache): generating k tokens costs k steps of
-the linear layers plus attention reads that grow with t (a few % to ~25% of a step at t = 256 on CPU;
-see benchmarks/generation_cost.py).
+the linear layers plus attention reads that grow with t (measured by benchmarks/generation_cost.py; the
+README's generation-cost table holds the numbers).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DictConfig
-from ..nn import CheckpointableBlock
+from ..nn import CausalSelfAttention, CheckpointableBlock, SwiGLU, rope_tables
 from .kv_cache import KVCache
 
 
@@ -123,121 +124,14 @@ class GPTConfig(DictConfig):
         return self.block_size + int(self.use_eos)
 
 
-# ---------------------------------------------------------------------------------------------------- RoPE
-def rope_tables(seq_len: int, head_dim: int, base: float, num_prefix: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin tables (seq_len, head_dim) for half-split rotary embeddings.
-
-    The first ``num_prefix`` positions (the condition) get angle 0 (identity); position p >= num_prefix is
-    rotated by ``(p - num_prefix) * base^(-2i/head_dim)`` for the channel pair (i, i + head_dim/2).
-    """
-    half = head_dim // 2
-    inv_freq = base ** (-torch.arange(half, dtype=torch.float64) / half)
-    pos = (torch.arange(seq_len, dtype=torch.float64) - num_prefix).clamp(min=0)
-    angles = pos[:, None] * inv_freq[None]  # (seq_len, half)
-    cos = torch.cat([angles.cos(), angles.cos()], dim=1)
-    sin = torch.cat([-angles.sin(), angles.sin()], dim=1)  # sign folded in: see apply_rope
-    return cos.float(), sin.float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (..., head_dim) with cos/sin broadcastable to it.
-
-    With x = [x1, x2]: out = [x1 cos - x2 sin, x2 cos + x1 sin]; ``roll`` swaps the halves.
-    """
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
-
-
 # ---------------------------------------------------------------------------------------------------- blocks
-class Attention(nn.Module):
-    """Causal self-attention with RoPE; ``n_kv_head < n_head`` shares each key/value head between
-    ``n_head / n_kv_head`` query heads (grouped-query attention), which divides the KV cache, and the bytes
-    every decode step reads from it, by that factor."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.qkv = nn.Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=False)
-        self.proj = nn.Linear(config.dim, config.dim, bias=False)
-        self.dropout = config.dropout
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        start_pos: int = 0,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        """x: (B, T, dim) at sequence positions start_pos..start_pos+T-1; cos/sin: (T, 1, head_dim).
-
-        With a cache, ``start_pos`` may be a (B,) tensor (T = 1, cos/sin (B, 1, 1, head_dim)): each row is at its
-        own position and attends to its own filled cache positions only (rows at different steps in one batch)."""
-        B, T, D = x.shape
-        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).view(B, T, H + 2 * Hkv, hd).split([H, Hkv, Hkv], dim=2)
-        q = apply_rope(q, cos, sin).transpose(1, 2)  # (B, H, T, hd)
-        k = apply_rope(k, cos, sin).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = v.transpose(1, 2)
-        if isinstance(cache, torch.Tensor):  # a static cache buffer (compiled decoding, see GPT.decode_step)
-            return self.proj(static_cache_attention(q, k, v, start_pos, cache).to(x.dtype))
-        if cache is not None:
-            k, v = cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, hd): the filled part only
-            q = q.to(k.dtype)  # a reduced-precision cache (opt-in) halves the bytes each step reads
-        if T == 1:  # one new query attends to everything before it: no mask needed (per-row positions: a mask)
-            mask = None
-            if isinstance(start_pos, torch.Tensor):
-                mask = (torch.arange(k.shape[2], device=x.device) <= start_pos[:, None]).view(B, 1, 1, -1)
-            # grouped heads: the G = H / Hkv queries of a key/value head are G rows of one attention call
-            y = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, hd), k, v, attn_mask=mask).view(B, H, 1, hd)
-        else:
-            if Hkv != H:
-                k, v = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, v))
-            if start_pos == 0:
-                y = F.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-                )
-            else:  # a chunk of T queries after start_pos cached keys
-                mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D).to(x.dtype))
-
-
-def static_cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                           kv: torch.Tensor) -> torch.Tensor:
-    """One decode position against a static cache (gpt-fast style): q (B, H, 1, hd), k and v (B, Hkv, 1, hd) at
-    sequence position ``pos`` (a one-element long tensor), ``kv`` (2, B, Hkv, L, hd) the whole pre-allocated
-    cache. k and v are written at ``pos`` in place and the query attends over all L positions with a mask that
-    keeps positions <= pos, so every shape is the same at every step (one compiled graph, CUDA-graph
-    replayable). Unwritten positions must hold finite values (the cache is zero-filled), as masked-out values
-    still enter the product with weight 0. Returns (B, 1, H * hd)."""
-    B, H, _, hd = q.shape
-    Hkv, L = kv.shape[2], kv.shape[3]
-    index = pos.reshape(1)
-    kv[0].index_copy_(2, index, k.to(kv.dtype))
-    kv[1].index_copy_(2, index, v.to(kv.dtype))
-    mask = (torch.arange(L, device=q.device) <= index).view(1, 1, 1, L)
-    y = F.scaled_dot_product_attention(q.to(kv.dtype).view(B, Hkv, H // Hkv, hd), kv[0], kv[1], attn_mask=mask)
-    return y.reshape(B, 1, H * hd)
-
-
-class SwiGLU(nn.Module):
-    """w2(silu(w1 x) * w3 x) with w1 and w3 fused into one (dim -> 2 * hidden) projection, no biases."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
-
-
 class Block(CheckpointableBlock):
+    """One GPT layer: ``x + Attn(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))`` (dropout on both branches)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
-        self.attn = Attention(config)
+        self.attn = CausalSelfAttention(config.dim, config.n_head, config.n_kv_head, config.dropout)
         self.mlp_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
         self.mlp = SwiGLU(config.dim, config.hidden_dim)
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()

@@ -1,13 +1,15 @@
-"""Evaluation data from a short spec, and folders of generated samples.
+"""Evaluation data from a ``--data`` spec, and folders of generated samples.
 
-``--data`` specs (one vocabulary for ``tokgen eval`` and ``tokgen train-features``):
+``--data`` is resolved by :func:`tokgen.data.spec.resolve_data_spec` (one vocabulary for every command); for
+evaluation the names mean:
 
 - ``shapes``: the built-in procedural shapes (test split 1000 images, or ``num_images``),
 - ``fmnist``: Fashion-MNIST (test split = the official 10,000 test images),
 - ``folder:PATH``: every image under PATH (recursive; labels from class subfolders for train-features),
   resized (shorter side, bicubic, antialiased) and center-cropped to the image size,
-- a YAML file holding a datamodule (``class_path`` + ``init_args``), or a training recipe with a ``data:``
-  section (so ``--data configs/tokenizer/fmnist_small.yaml`` evaluates on the data the tokenizer was trained on).
+
+and a YAML/JSON file or inline spec is used as written (a recipe's ``data:`` section, so ``--data
+configs/tokenizer/fmnist_small.yaml`` evaluates on the data the tokenizer was trained on).
 """
 from __future__ import annotations
 
@@ -20,11 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import FashionMNISTDataModule, ImageFolderDataModule, ShapesDataModule
-from ..data.base import check_init_args, read_yaml
-from ..data.folder import DEFAULT_EXTENSIONS, _find_images, open_image
+from ..data.folder import DEFAULT_EXTENSIONS, find_images, open_image
+from ..data.spec import DATA_ACCEPTED, build_datamodule, resolve_data_spec
 
-DATA_ACCEPTED = "'shapes', 'fmnist', 'folder:PATH' or a YAML file with a datamodule (class_path/init_args or a recipe's data: section)"
 SPLITS = ("test", "val", "train")
 
 
@@ -51,24 +51,6 @@ class EvalData:
                           generator=generator, drop_last=False)
 
 
-def _load_yaml_datamodule(path: str, overrides: dict):
-    cfg = read_yaml(path, f"--data {path}")
-    if isinstance(cfg, dict) and isinstance(cfg.get("data"), dict):
-        cfg = cfg["data"]
-    if not isinstance(cfg, dict) or "class_path" not in cfg:
-        raise ValueError(f"--data {path}: no datamodule found; expected class_path/init_args at the top or under data:")
-    class_path = cfg["class_path"]
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"--data {path}: class_path {class_path!r} cannot be imported") from None
-    if not isinstance(cfg.get("init_args") or {}, dict):
-        raise ValueError(f"--data {path}: init_args must be a mapping of argument names to values")
-    init_args = check_init_args(cls, {**(cfg.get("init_args") or {}), **overrides}, f"--data {path}")
-    return cls(**init_args), {"class_path": class_path, "init_args": init_args}
-
-
 def _folder_fingerprint(paths: list[str]) -> str:
     """Hash of the file list with sizes and modification times: a changed folder gets new cached statistics."""
     digest = hashlib.sha256()
@@ -81,34 +63,31 @@ def _folder_fingerprint(paths: list[str]) -> str:
 def build_data(spec: str, split: str = "test", image_size: int | None = None, channels: int | None = None,
                num_images: int | None = None, labelled: bool = False, root: str = "data") -> EvalData:
     """Resolve a ``--data`` spec to one split. ``image_size``/``channels`` are what the consumer expects
-    (e.g. the tokenizer's); a YAML datamodule that yields something else is an error."""
+    (e.g. the tokenizer's): filled into the datamodule, and a spec that sets something else is an error."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not accepted; use one of {', '.join(SPLITS)}")
     if num_images is not None and (not isinstance(num_images, int) or num_images < 1):
         raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
     size = 32 if image_size is None else image_size
-    if spec == "shapes":
-        sizes = {f"{split}_size": num_images} if num_images is not None else {}
-        dm = ShapesDataModule(image_size=size, **sizes)
+    kind, _, path = spec.partition(":")
+    # what evaluation means by each name: the split asked for, every image of a folder, no augmentation
+    named_args = {
+        "shapes": {"image_size": size, **({f"{split}_size": num_images} if num_images is not None else {})},
+        "fmnist": {"root": root, "image_size": size},
+        "folder": {"image_size": size, "random_flip": False, **(
+            {"class_subfolders": True, "val_fraction": 0.1} if labelled
+            else {"val_root": path, "class_subfolders": False})},
+    }
+    resolved = resolve_data_spec(spec, image_size, channels, named_args=named_args)
+    dm = build_datamodule(resolved)
+    if kind == "shapes":
         desc = {"spec": "shapes", **{k: v for k, v in dm.hparams.items() if k not in ("batch_size", "num_workers", "val_batch_size")}}
-    elif spec == "fmnist":
-        dm = FashionMNISTDataModule(root=root, image_size=size, channels=3 if channels is None else channels)
+    elif kind == "fmnist":
         desc = {"spec": "fmnist", "image_size": size, "channels": dm.channels}
-    elif spec.startswith("folder:"):
-        path = spec[len("folder:"):]
-        if labelled:
-            dm = ImageFolderDataModule(root=path, image_size=size, class_subfolders=True, val_fraction=0.1,
-                                       random_flip=False)
-        else:
-            dm = ImageFolderDataModule(root=path, val_root=path, image_size=size, class_subfolders=False,
-                                       random_flip=False)
+    elif kind == "folder" and path:
         desc = {"spec": "folder", "image_size": size, "labelled": labelled}
-    elif spec.endswith((".yaml", ".yml")):
-        if not os.path.isfile(spec):
-            raise FileNotFoundError(f"--data {spec}: YAML file not found; accepted: {DATA_ACCEPTED}")
-        dm, desc = _load_yaml_datamodule(spec, {})
     else:
-        raise ValueError(f"--data {spec!r} is not accepted; use {DATA_ACCEPTED}")
+        desc = resolved
 
     for name, want in (("image size", image_size), ("channels", channels)):
         have = getattr(dm, "image_size" if name == "image size" else "channels", None)
@@ -153,7 +132,7 @@ class SampleFolder(Dataset):
     def __init__(self, folder: str, image_size: int, channels: int, num_images: int | None = None):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"--samples {folder} does not exist or is not a folder")
-        self.paths = _find_images(folder, DEFAULT_EXTENSIONS)
+        self.paths = find_images(folder, DEFAULT_EXTENSIONS)
         if not self.paths:
             raise FileNotFoundError(f"no images found under --samples {folder}; accepted extensions: {', '.join(DEFAULT_EXTENSIONS)}")
         if num_images is not None:

@@ -11,13 +11,12 @@ Protocol (also in the README):
 - PSNR (dB, whole frame, per image) and SSIM (11x11 Gaussian, sigma 1.5, per image) on those images in [0, 1],
   LPIPS (lpips package, v0.1 linear layers) on them mapped back to [-1, 1]; each is the mean over images.
 - Fréchet distances (see ``tokgen.metrics.fid``): Inception FID with torch-fidelity's weights and resize, or
-  the distance in a TorchScript extractor's feature space, reported under the extractor's own name. The real
+  the distance in a feature extractor's space (a safetensors file), reported under the extractor's own name. The real
   images' statistics are accumulated once per run, or read from the on-disk cache.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.aggregation import MeanMetric
 from tqdm import tqdm
 
+from ..images import rgb, save_labelled_grid
 from .datasets import EvalData
 from .fid import FrechetPerBudget, RealStatsCache
 from .image import psnr, ssim, to_uint8
@@ -151,7 +151,7 @@ def evaluate_tokenizer(
             if "ssim" in means:
                 means["ssim"][label].update(ssim(pred, target))
             if "lpips" in means:
-                means["lpips"][label].update(lpips_model(_rgb(pred) * 2 - 1, _rgb(target) * 2 - 1).flatten())
+                means["lpips"][label].update(lpips_model(rgb(pred) * 2 - 1, rgb(target) * 2 - 1).flatten())
             if take.numel():
                 grid_parts[f"k={k}"].append(pred[take].cpu())
         n += x.shape[0]
@@ -223,10 +223,6 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _rgb(x: torch.Tensor) -> torch.Tensor:
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-
 # ---------------------------------------------------------------------------------------------- samples (gFID)
 @torch.no_grad()
 def evaluate_samples(
@@ -286,7 +282,7 @@ def write_report(report: EvalReport, out: str, grid: list[tuple[str, torch.Tenso
     plot_metrics(report, paths["plot"])
     if grid:
         paths["grid"] = f"{stem}_recon.png"
-        save_grid(grid, paths["grid"])
+        save_labelled_grid(grid, paths["grid"])
     return paths
 
 
@@ -321,28 +317,3 @@ def plot_metrics(report: EvalReport, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def save_grid(rows: list[tuple[str, torch.Tensor]], path: str, min_tile: int = 64,
-              captions: list[list[str] | None] | None = None) -> None:
-    """Rows of images (g, C, H, W) in [0, 1] -> one labelled PNG (small images upscaled, nearest); ``captions``
-    (one list per row, or None) writes a short text in each tile's corner, e.g. the tokens it kept."""
-    from PIL import Image, ImageDraw
-
-    g = max(r.shape[0] for _, r in rows)
-    h, w = rows[0][1].shape[-2:]
-    scale = max(1, math.ceil(min_tile / h))
-    th, tw, pad, margin = h * scale, w * scale, 2, 48
-    canvas = Image.new("RGB", (margin + g * (tw + pad), len(rows) * (th + pad)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (label, images) in enumerate(rows):
-        y = i * (th + pad)
-        draw.text((4, y + th // 2 - 6), label, fill="black")
-        tiles = F.interpolate(_rgb(images.float()), scale_factor=scale, mode="nearest") if scale > 1 else _rgb(images.float())
-        for j, tile in enumerate(tiles):
-            array = (tile.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            canvas.paste(Image.fromarray(array), (margin + j * (tw + pad), y))
-            if captions is not None and captions[i] is not None:
-                draw.text((margin + j * (tw + pad) + 2, y + th - 12), captions[i][j], fill="white",
-                          stroke_width=1, stroke_fill="black")
-    canvas.save(path)

@@ -4,15 +4,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """Model range [-1, 1] -> [0, 1], clamped (what is written to files and scored)."""
-    return ((images.float() + 1) / 2).clamp(0, 1)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Model range [-1, 1] -> uint8 [0, 255], rounded to the nearest level (not truncated), as a PNG stores it."""
-    return (to_unit(images) * 255).round_().to(torch.uint8)
+from ..images import to_uint8, to_unit  # noqa: F401  (the conversion every metric sees lives with the other edges)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:

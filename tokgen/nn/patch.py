@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 
@@ -38,9 +39,8 @@ class PatchEmbed(nn.Module):
 
 def unpatchify(x: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
     """(B, N, p*p*C) with N = g*g patches in raster order -> (B, C, g*p, g*p)."""
-    B, N, _ = x.shape
+    N = x.shape[1]
     g = int(round(N ** 0.5))
     if g * g != N:
         raise ValueError(f"unpatchify needs a square number of patches, got {N}")
-    x = x.view(B, g, g, patch_size, patch_size, channels)
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(B, channels, g * patch_size, g * patch_size)
+    return rearrange(x, "b (gh gw) (ph pw c) -> b c (gh ph) (gw pw)", gh=g, ph=patch_size, pw=patch_size)

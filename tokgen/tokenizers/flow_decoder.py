@@ -14,11 +14,11 @@ spends the training signal on the middle of the path where the prediction is har
 Endpoint examples. With probability ``endpoint_prob`` an example is drawn at t = 1 exactly: x_t is pure noise,
 the only information about x is in the tokens, and the loss ``|v - (n - x)|^2 = |(n - v) - x|^2`` is a direct
 regression of the image from the tokens (x_hat = x_t - v at t = 1). At middle t the noised image already holds
-most of x, and the decoder can lower its loss without reading the tokens. Seen on fmnist with endpoint_prob = 0:
-trained jointly, the encoder got almost no signal and the tokens collapsed to a few codes; on a frozen, trained
-encoder the decoder still ignored the tokens after 500 steps (its t = 1 estimate was the mean image, 11 dB) and
-sampled patchy noise. The endpoint examples make reading the tokens the only way to lower that part of the loss
-(and give a jointly trained encoder the gradient a regression decoder would), in the same network at no extra cost.
+most of x, and the decoder can lower its loss without reading the tokens: trained jointly without endpoint
+examples the encoder gets almost no signal and its tokens collapse, and even on a frozen, trained encoder the
+decoder learns to ignore them (the README's "Flow decoder (FlexTok style)" section has the runs). The endpoint examples make
+reading the tokens the only way to lower that part of the loss (and give a jointly trained encoder the gradient a
+regression decoder would), in the same network at no extra cost.
 
 Network. A transformer over ``[noised patches | K tokens]`` with full attention, so every patch reads the tokens.
 The tokens are the register latents (B, k, token_dim) of the encoder, projected to the width; positions past the

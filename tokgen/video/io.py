@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import to_uint8
 from ..weights import error_summary
 
 WRITE_EXTENSIONS = (".gif", ".mp4")
@@ -97,7 +98,7 @@ def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(video, np.ndarray) and video.dtype == np.uint8:
         return video
     v = torch.as_tensor(video).detach().float().cpu()
-    return ((v + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8(v).permute(0, 2, 3, 1).numpy()
 
 
 def write_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
