@@ -156,3 +156,35 @@ def test_every_model_kind_names_one_class():
         "video_tokenizer": "VideoTokenizer", "generator": "GPT"}
     assert Tokenizer1D.class_for_kind("flow_tokenizer") is FlowTokenizer
     assert Tokenizer1D.class_for_kind("generator") is Tokenizer1D  # outside the family: the caller's class
+
+
+# ------------------------------------------------------------------------------------- training modules
+@pytest.mark.parametrize("name", sorted(LEGACY))
+def test_training_modules_still_write_what_legacy_checkpoints_hold(name):
+    """The same state-dict keys and every checkpoint["tokgen"] entry a checkpoint of the earlier modules held."""
+    from tokgen.generator import GPTConfig
+    from tokgen.lit import FlowModule, GeneratorModule, HaltingModule, TokenizerModule
+    from tokgen.lit.video import VideoTokenizerModule
+    from tokgen.tokenizers import FlowTokenizerConfig, HaltingConfig, TokenizerConfig
+    from tokgen.video.tokenizer import VideoTokenizerConfig
+
+    legacy = load_checkpoint(os.path.join(FIXTURES, f"{name}.ckpt"))
+    meta = legacy["tokgen"]
+    ema = 0.9 if any(k.startswith("ema_") for k in legacy["state_dict"]) else 0.0
+    module = {
+        "tokenizer1d": lambda: TokenizerModule(TokenizerConfig.from_dict(meta["tokenizer_config"]), ema_decay=ema),
+        "halting_tokenizer": lambda: HaltingModule(HaltingConfig.from_dict(meta["tokenizer_config"]), ema_decay=ema),
+        "flow_tokenizer": lambda: FlowModule(FlowTokenizerConfig.from_dict(meta["tokenizer_config"]), ema_decay=ema),
+        "video_tokenizer": lambda: VideoTokenizerModule(
+            VideoTokenizerConfig.from_dict(meta["video_tokenizer_config"]), ema_decay=ema),
+        "generator": lambda: GeneratorModule(GPTConfig.from_dict(meta["generator_config"]), ema_decay=ema),
+    }[name.replace("video_patch_tokenizer", "video_tokenizer")]()
+    if name == "generator":
+        module.tokenizer_info = meta["tokenizer"]
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert list(ckpt["state_dict"]) == list(legacy["state_dict"])
+    assert set(meta) <= set(ckpt["tokgen"]), set(meta) - set(ckpt["tokgen"])
+    for key, value in meta.items():
+        assert ckpt["tokgen"][key] == value, key
+    assert type(module.trained_model) is LEGACY[name]  # built once, of its own class (HaltingModule included)
