@@ -45,9 +45,10 @@ BUDGET_S = 570  # the whole run: later scripts get at most what is left of it
 # ``benchmarks/<name>.json`` is reported instead, when present. ``--with-slow`` runs them (with SETTINGS).
 FROM_FILE = {
     "quality_fmnist": "trains q-fmnist-v1 for ~20 minutes",
-    "halting_shapes": "needs a trained halting checkpoint (--ckpt)",
+    "halting": "needs a trained halting checkpoint (--ckpt)",
     "video_equal_compute": "trains the space-time patch baselines at the trajectory recipe's FLOPs (~25 minutes)",
 }
+FROM_FILE_JSON = {"halting": "halting_shapes.json"}  # committed result read for a name, when not benchmarks/<name>.json
 
 
 def discover() -> list[tuple[str, str]]:
@@ -224,7 +225,7 @@ def summary_rows(runs: dict) -> list[tuple[str, str]]:
             continue
         res = run.get("result")
         state = run["status"] + (f" (committed {run['from_file']}, not re-run)" if run.get("from_file") else "")
-        if name == "halting_shapes" and res and "checks" in res:
+        if name == "halting" and res and "checks" in res:
             c = res["checks"]
             res_text = (f"{res['num_images']} images, threshold {fmt(res['halt_threshold'])}, Spearman "
                         f"{fmt(c['spearman_rho']['value'])} at eps {c['spearman_rho']['eps']:g}; " + ", ".join(
@@ -269,13 +270,13 @@ def main(argv=None) -> dict:
         if only and name not in only:
             continue
         if name in FROM_FILE and not args.with_slow:
-            path = os.path.join(HERE, f"{name}.json")
+            path = os.path.join(HERE, FROM_FILE_JSON.get(name, f"{name}.json"))
             if os.path.exists(path):
                 with open(path) as f:
                     runs[name] = {"status": "ok", "from_file": os.path.relpath(path, os.path.dirname(HERE)),
                                   "result": last_json(f.read())}
             else:
-                runs[name] = {"status": f"not run ({FROM_FILE[name]}; commit benchmarks/{name}.json or use --with-slow)"}
+                runs[name] = {"status": f"not run ({FROM_FILE[name]}; commit benchmarks/{FROM_FILE_JSON.get(name, name + '.json')} or use --with-slow)"}
             continue
         runs[name] = run_script(name, script, args.threads, BUDGET_S - (time.perf_counter() - start))
     total = time.perf_counter() - start

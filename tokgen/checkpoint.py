@@ -46,27 +46,3 @@ def load_module_weights(model: torch.nn.Module, ckpt: dict, name: str, path: str
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     load_state_strict(model, weights, f"checkpoint {path} ({prefix}*)")
 
-
-def load_tokgen_model(
-    path: str,
-    build,
-    config_key: str,
-    weights: str,
-    *,
-    kinds: tuple[str, ...] | None = None,
-    what: str = "tokgen",
-    hint: str = "was it written by `tokgen fit`?",
-    use_ema: bool = True,
-    map_location: str = "cpu",
-):
-    """One loader for every tokgen model: read ``path`` safely, check that its ``checkpoint["tokgen"]`` metadata
-    holds ``config_key`` (and a kind in ``kinds``), build the model with ``build(meta[config_key])`` and load the
-    ``weights`` entries (EMA first). Returns (model in eval mode, metadata dict)."""
-    ckpt = load_checkpoint(path, map_location=map_location)
-    meta = ckpt.get("tokgen") or {}
-    kind = meta.get("kind", "unknown")
-    if config_key not in meta or (kinds is not None and kind not in kinds):
-        raise ValueError(f"checkpoint {path} is not a {what} checkpoint (kind={kind!r}, no {config_key!r}); {hint}")
-    model = build(meta[config_key])
-    load_module_weights(model, ckpt, weights, path, use_ema)
-    return model.eval(), meta

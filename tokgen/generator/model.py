@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DictConfig
+from ..model import TokgenModel
 from ..nn import CausalSelfAttention, CheckpointableBlock, SwiGLU, rope_tables
 from .kv_cache import KVCache
 
@@ -164,14 +165,21 @@ class FactorizedCodes(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- model
-class GPT(nn.Module):
+class GPT(TokgenModel):
+    """The generator; loaded from a checkpoint, ``tokenizer_info`` holds the identity of the tokenizer whose codes it
+    was trained on (see :mod:`tokgen.generator.compat`), or None."""
+
+    config_class = GPTConfig
+    kind = "generator"
+    config_key = "generator_config"
+    module_attr = "generator"
+    metadata = {"tokenizer_info": "tokenizer"}
+    description = "tokgen generator"
+    hint = "pass a checkpoint written by `tokgen fit` with tokgen.lit.GeneratorModule"
+
     def __init__(self, config: GPTConfig | dict | None = None):
         super().__init__()
-        if config is None:
-            config = GPTConfig()
-        elif isinstance(config, dict):
-            config = GPTConfig.from_dict(config)
-        self.config = c = config
+        self.config = c = self.make_config(config)
         self.class_embedding = nn.Embedding(c.num_classes + 1, c.dim)  # last row = null class
         self.tok_embedding = nn.Embedding(c.output_size, c.dim)  # codes (or high factors) + EOS
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
@@ -180,6 +188,7 @@ class GPT(nn.Module):
         self.factorized = FactorizedCodes(c) if c.vocab_factors else None
         if c.tie_weights:
             self.head.weight = self.tok_embedding.weight
+        self.tokenizer_info: dict | None = None  # set by from_checkpoint / from_pretrained
         self.compiled_decode = None  # set by compile_decode
         self.static_caches: dict = {}  # (rows, dtype, device) -> buffers reused by compiled decoding
         cos, sin = rope_tables(c.max_seq_len, c.head_dim, c.rope_base)
@@ -371,21 +380,3 @@ class GPT(nn.Module):
         if c.vocab_factors:  # second stage: SwiGLU + n1-way head
             head += 2 * c.dim * (3 * c.hidden_dim + c.vocab_factors[1])
         return c.n_layer * (new_tokens * per_layer + attn) + rows * head
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "GPT":
-        """Load a generator from a checkpoint written by ``tokgen fit`` with a GeneratorModule.
-
-        The tokenizer identity it was trained on is kept in ``model.tokenizer_info`` (or None).
-        """
-        from ..checkpoint import load_tokgen_model
-
-        model, meta = load_tokgen_model(
-            path, lambda c: cls(GPTConfig.from_dict(c)), "generator_config", "generator", kinds=("generator",),
-            what="tokgen generator", hint="pass a checkpoint written by `tokgen fit` with tokgen.lit.GeneratorModule",
-            use_ema=use_ema, map_location=map_location,
-        )
-        model.tokenizer_info = meta.get("tokenizer")
-        model.checkpoint_path = path
-        return model

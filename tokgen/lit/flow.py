@@ -10,7 +10,7 @@ feature network, when configured).
 Validation: the per-budget PSNR and the PNG grid of ``TokenizerModule``, from images *sampled* with ``val_steps``
 Euler steps (guidance ``val_cfg``, seed ``val_seed``), plus ``val/flow_loss`` at fixed times and noise (comparable
 from one validation to the next). Optimizer, LR schedule, EMA and checkpoints come from ``TokenizerModule``; the
-checkpoint's kind is ``flow_tokenizer``, so ``load_tokenizer`` returns a ``FlowTokenizer``.
+checkpoint's kind is ``FlowTokenizer.kind``, so ``load_tokenizer`` returns a ``FlowTokenizer``.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def load_repa_network(path: str, trust_torchscript: bool = False) -> torch.nn.Mo
 
 
 class FlowModule(TokenizerModule):
-    tokenizer_class = FlowTokenizer
+    model_class = FlowTokenizer
 
     def __init__(
         self,
@@ -164,7 +164,7 @@ class FlowModule(TokenizerModule):
 
     # ------------------------------------------------------------------ validation
     def _eval_step(self, batch, batch_idx, stage: str):
-        model = self.eval_tokenizer()
+        model = self.eval_model()
         with model.sampling_options(steps=self.val_steps, cfg=self.val_cfg, seed=self.val_seed):
             super()._eval_step(batch, batch_idx, stage)  # PSNR per budget and the grid, from sampled images
         images = batch["image"]
@@ -175,13 +175,11 @@ class FlowModule(TokenizerModule):
         self.log(f"{stage}/flow_loss", flow, sync_dist=True, batch_size=images.shape[0])
 
     # ------------------------------------------------------------------ checkpoint metadata
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        meta = checkpoint["tokgen"]
-        meta["kind"] = "flow_tokenizer"
-        meta.pop("loss_config", None)  # the flow's losses are below
-        meta["flow"] = {"token_drop_prob": self.token_drop_prob, "time_mean": self.time_mean,
-                        "time_std": self.time_std, "endpoint_prob": self.endpoint_prob,
-                        "init_encoder": self.init_encoder, "freeze_encoder": self.freeze_encoder,
-                        "repa_weight": self.repa_weight, "repa_features": self.repa_features,
-                        "nested_dropout": self.nested_dropout}
+    def checkpoint_metadata(self) -> dict:
+        meta = super().checkpoint_metadata()
+        meta.pop("loss_config")  # the flow's losses are below
+        return {**meta, "flow": {"token_drop_prob": self.token_drop_prob, "time_mean": self.time_mean,
+                                 "time_std": self.time_std, "endpoint_prob": self.endpoint_prob,
+                                 "init_encoder": self.init_encoder, "freeze_encoder": self.freeze_encoder,
+                                 "repa_weight": self.repa_weight, "repa_features": self.repa_features,
+                                 "nested_dropout": self.nested_dropout}}

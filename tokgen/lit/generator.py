@@ -7,20 +7,15 @@ fingerprint) is stored in ``checkpoint["tokgen"]["tokenizer"]`` so sampling can 
 """
 from __future__ import annotations
 
-import copy
 import os
-from dataclasses import asdict
 
-import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from torchvision.utils import save_image
 
 from ..generator import GPT, GPTConfig, generate
 from ..metrics import to_unit
-from .ema import ema_update
-from .schedule import warmup_cosine
-from .speed import SpeedConfig, apply_speed, build_adamw, enable_tf32
+from .base import TrainingModule
+from .speed import SpeedConfig
 from .tokenizer import OptimConfig
 
 IGNORE_INDEX = -100
@@ -41,7 +36,10 @@ def build_targets(codes: torch.Tensor, lengths: torch.Tensor, eos_id: int | None
     return targets.masked_fill(pos > lengths[:, None], IGNORE_INDEX)
 
 
-class GeneratorModule(L.LightningModule):
+class GeneratorModule(TrainingModule):
+    model_class = GPT
+    grid_name = "gen"
+
     def __init__(
         self,
         generator: GPTConfig | None = None,
@@ -68,18 +66,12 @@ class GeneratorModule(L.LightningModule):
         super().__init__()
         self.generator_config = generator or GPTConfig()
         self.optim_config = optim or OptimConfig(lr=3e-4, weight_decay=0.05, beta2=0.95)
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
-        self.ema_decay = ema_decay
         self.sample_grid = sample_grid
         self.sample_per_class = sample_per_class
         self.sample_cfg = sample_cfg
         self.tokenizer_ckpt = tokenizer_ckpt
-        self.speed = speed or SpeedConfig()
-        self.generator = GPT(self.generator_config)
-        self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False) if ema_decay > 0 else None
+        self.build_model(self.generator_config, ema_decay, speed or SpeedConfig())  # self.generator, ema_generator
         self.tokenizer_info: dict | None = None  # identity of the tokenizer that wrote the training shards
-        self.optimizer_steps = 0
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -99,36 +91,6 @@ class GeneratorModule(L.LightningModule):
                 )
         self.tokenizer_info = dm.tokenizer
 
-    def configure_model(self) -> None:
-        """Speed levers on the trained generator (not its EMA copy), before a strategy wraps it."""
-        apply_speed(self.generator, self.speed)
-        if self._trainer is not None:
-            enable_tf32(self.trainer.strategy.root_device, self.speed)
-
-    def eval_generator(self) -> GPT:
-        return self.ema_generator if self.ema_generator is not None else self.generator
-
-    def configure_optimizers(self):
-        o = self.optim_config
-        decay = [p for p in self.generator.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.generator.parameters() if p.ndim < 2]
-        opt = build_adamw(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            self.speed, lr=o.lr, betas=(o.beta1, o.beta2),
-        )
-        total = o.total_steps or (self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        clip = gradient_clip_val or self.optim_config.grad_clip
-        if not clip:
-            return
-        if isinstance(self.trainer.strategy, FSDPStrategy):  # sharded parameters: FSDP computes the global norm
-            self.trainer.strategy.model.clip_grad_norm_(clip)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
-
     # ------------------------------------------------------------------ loss
     def loss(self, model: GPT, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         codes, labels = batch["codes"], batch["label"]
@@ -146,40 +108,36 @@ class GeneratorModule(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.optimizer_steps += 1  # EMA follows every optimizer step, before checkpoint callbacks run
-        if self.ema_generator is not None:
-            ema_update(self.ema_generator, self.generator, self.ema_decay, self.optimizer_steps)
-
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], prog_bar=False)
 
     def validation_step(self, batch, batch_idx):
-        loss, acc = self.loss(self.eval_generator(), batch)
+        loss, acc = self.loss(self.eval_model(), batch)
         n = batch["codes"].shape[0]
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
         self.log("val/acc", acc, sync_dist=True, batch_size=n)
 
     def test_step(self, batch, batch_idx):
-        loss, acc = self.loss(self.eval_generator(), batch)
+        loss, acc = self.loss(self.eval_model(), batch)
         n = batch["codes"].shape[0]
         self.log("test/loss", loss, sync_dist=True, batch_size=n)
         self.log("test/acc", acc, sync_dist=True, batch_size=n)
 
     # ------------------------------------------------------------------ sample grid
-    def on_validation_epoch_end(self) -> None:
-        if not self.sample_grid or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
+    def validation_grid(self):
+        """``sample_per_class`` samples per class (rows = classes 0..9) at full budget, decoded by the tokenizer
+        checkpoint; None when off, under FSDP, or without a tokenizer at hand."""
+        if not self.sample_grid:
+            return None
         if isinstance(self.trainer.strategy, FSDPStrategy):
-            return  # sharded blocks need every rank in each forward: sample after training with `tokgen sample`
+            return None  # sharded blocks need every rank in each forward: sample after training with `tokgen sample`
         path = self.tokenizer_ckpt or (self.tokenizer_info or {}).get("checkpoint")
         if not path or not os.path.isfile(path):
-            return  # optional: no tokenizer at hand, no grid
+            return None  # optional: no tokenizer at hand, no grid
         from ..tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(path).to(self.device)  # any kind, flow decoders included
-        model = self.eval_generator()
+        model = self.eval_model()
         c = self.generator_config
         n_cls = min(c.num_classes, 10)
         labels = torch.arange(max(n_cls, 1), device=self.device).repeat_interleave(self.sample_per_class)
@@ -191,26 +149,15 @@ class GeneratorModule(L.LightningModule):
                             cfg_scale=self.sample_cfg if n_cls else 1.0, generator=gen,
                             compile=self.speed.compile and self.device.type == "cuda")
         model.train(was_training)
-        images = to_unit(tokenizer.decode(codes))
-        out_dir = os.path.join(self.trainer.default_root_dir, "samples")
-        os.makedirs(out_dir, exist_ok=True)
-        # rows = classes 0..9, columns = samples
-        for name in (f"gen_step{self.global_step:07d}.png", "gen_latest.png"):
-            save_image(images.cpu(), os.path.join(out_dir, name), nrow=self.sample_per_class, padding=1)
+        return to_unit(tokenizer.decode(codes)), self.sample_per_class
 
     # ------------------------------------------------------------------ checkpoint metadata
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokgen"] = {
-            "kind": "generator",
-            "generator_config": self.generator_config.to_dict(),
-            "optim_config": asdict(self.optim_config),
-            "tokenizer": self.tokenizer_info,
-            "optimizer_steps": self.optimizer_steps,
-        }
+    def checkpoint_metadata(self) -> dict:
+        return {"tokenizer": self.tokenizer_info}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         meta = checkpoint.get("tokgen", {})
-        self.optimizer_steps = int(meta.get("optimizer_steps", 0))
         saved, current = meta.get("tokenizer"), self.tokenizer_info  # current: from the shards (setup runs first)
         old, new = (saved or {}).get("fingerprint"), (current or {}).get("fingerprint")
         if old and new and old != new:

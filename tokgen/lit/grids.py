@@ -1,5 +1,5 @@
-"""Validation image grids written next to the checkpoints: ``<default_root_dir>/samples/val_step{N}.png`` and
-``val_latest.png`` (rank 0 only, never during the sanity check)."""
+"""Validation image grids written next to the checkpoints: ``<default_root_dir>/samples/<name>_step{N}.png`` and
+``<name>_latest.png`` (``name``: ``val`` for reconstructions, ``gen`` for generated samples)."""
 from __future__ import annotations
 
 import os
@@ -9,13 +9,10 @@ import torch
 from torchvision.utils import save_image
 
 
-def should_save_grid(module: L.LightningModule, grid: torch.Tensor | None) -> bool:
-    return grid is not None and not module.trainer.sanity_checking and module.trainer.is_global_zero
-
-
-def save_val_grid(module: L.LightningModule, images: torch.Tensor, nrow: int) -> None:
-    """images: (N, C, H, W) in [0, 1], laid out row by row with ``nrow`` images per row."""
+def save_val_grid(module: L.LightningModule, images: torch.Tensor, nrow: int, name: str = "val") -> None:
+    """images: (N, C, H, W) in [0, 1], laid out row by row with ``nrow`` images per row. The caller decides when
+    (:class:`tokgen.lit.base.TrainingModule` saves on rank 0 only, never during the sanity check)."""
     out_dir = os.path.join(module.trainer.default_root_dir, "samples")
     os.makedirs(out_dir, exist_ok=True)
-    for name in (f"val_step{module.global_step:07d}.png", "val_latest.png"):
-        save_image(images.float().cpu(), os.path.join(out_dir, name), nrow=nrow, padding=1)
+    for file in (f"{name}_step{module.global_step:07d}.png", f"{name}_latest.png"):
+        save_image(images.float().cpu(), os.path.join(out_dir, file), nrow=nrow, padding=1)

@@ -7,13 +7,12 @@ unconditioned token instead, which keeps plain ``encode(images)`` trained), deco
 only (the rest replaced by the mask token) and train reconstruction + quantizer losses, plus BCE on the
 halting logits so positions 1..T-1 stay active and T..K-1 halt.
 
-EMA, optimizer, schedule, per-budget validation PSNR and the sample grid come from ``TokenizerModule``;
+EMA, optimizer, schedule, per-budget validation PSNR and the sample grid come from ``TokenizerModule`` (which builds
+the ``HaltingTokenizer`` named by ``model_class``);
 validation also logs, for each eps in ``val_target_errors``, the mean halting length and the fraction of
 images whose reconstruction meets eps.
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 
@@ -25,6 +24,8 @@ from .tokenizer import LossConfig, OptimConfig, TokenizerModule
 
 
 class HaltingModule(TokenizerModule):
+    model_class = HaltingTokenizer
+
     def __init__(
         self,
         tokenizer: HaltingConfig | None = None,
@@ -64,9 +65,6 @@ class HaltingModule(TokenizerModule):
             raise ValueError(f"uncond_prob={uncond_prob} must be in [0, 1)")
         super().__init__(tokenizer=tokenizer, loss=loss, optim=optim, nested_dropout=nested_dropout,
                          ema_decay=ema_decay, val_budgets=val_budgets, grid_images=grid_images, speed=speed)
-        self.tokenizer = HaltingTokenizer(self.tokenizer_config)
-        if self.ema_tokenizer is not None:
-            self.ema_tokenizer = copy.deepcopy(self.tokenizer).requires_grad_(False)
         self.halt_weight = halt_weight
         self.uncond_prob = uncond_prob
         c = self.tokenizer_config
@@ -116,7 +114,7 @@ class HaltingModule(TokenizerModule):
     def _eval_step(self, batch, batch_idx, stage: str):
         super()._eval_step(batch, batch_idx, stage)
         images = batch["image"]
-        model = self.eval_tokenizer()
+        model = self.eval_model()
         n = images.shape[0]
         for eps in self.val_target_errors:
             _, lengths, z_q = model.encode_adaptive(images, eps)
@@ -125,7 +123,6 @@ class HaltingModule(TokenizerModule):
             self.log(f"{stage}/met_eps{eps:g}", (err <= eps).float().mean(), sync_dist=True, batch_size=n)
 
     # ------------------------------------------------------------------ checkpoint metadata
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["tokgen"]["kind"] = "halting_tokenizer"
-        checkpoint["tokgen"]["halting"] = {"halt_weight": self.halt_weight, "uncond_prob": self.uncond_prob}
+    def checkpoint_metadata(self) -> dict:
+        return {**super().checkpoint_metadata(),
+                "halting": {"halt_weight": self.halt_weight, "uncond_prob": self.uncond_prob}}

@@ -3,10 +3,8 @@ EMA weights, warm-up + cosine LR, and per-budget validation (PSNR for k = 1, 2, 
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -14,11 +12,9 @@ from ..data.base import check_int, check_number
 from ..metrics import psnr, to_unit
 from ..tokenizers import Tokenizer1D, TokenizerConfig, power_of_two_budgets, sample_keep_lengths
 from ..tokenizers.nested_dropout import KEEP_MODES
-from .ema import ema_update
-from .grids import save_val_grid, should_save_grid
+from .base import TrainingModule
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, pixel_loss
-from .schedule import warmup_cosine
-from .speed import SpeedConfig, apply_speed, build_adamw, enable_tf32
+from .speed import SpeedConfig
 
 
 @dataclass
@@ -60,8 +56,9 @@ class OptimConfig:
             check_number("optim.disc_lr", self.disc_lr, 0, low_open=True)
 
 
-class TokenizerModule(L.LightningModule):
-    tokenizer_class = Tokenizer1D  # the model built from ``tokenizer`` (subclasses: FlowTokenizer, ...)
+class TokenizerModule(TrainingModule):
+    model_class = Tokenizer1D  # the model built from ``tokenizer`` (subclasses: HaltingTokenizer, FlowTokenizer)
+    steps_key = "generator_steps"  # the tokenizer's optimizer steps; the discriminator's are not counted
 
     def __init__(
         self,
@@ -100,8 +97,6 @@ class TokenizerModule(L.LightningModule):
         self.optim_config = optim or OptimConfig()
         if nested_dropout not in KEEP_MODES:
             raise ValueError(f"nested_dropout={nested_dropout!r} is not supported; use one of {KEEP_MODES}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
         self.nested_dropout = nested_dropout
         if not 0.0 <= nested_full_fraction <= 1.0:
             raise ValueError(f"nested_full_fraction={nested_full_fraction} must be in [0, 1]")
@@ -109,27 +104,26 @@ class TokenizerModule(L.LightningModule):
         if nested_prefix_weight < 0:
             raise ValueError(f"nested_prefix_weight={nested_prefix_weight} must be >= 0")
         self.nested_prefix_weight = nested_prefix_weight
-        self.ema_decay = ema_decay
         self.grid_images = grid_images
-        self.speed = speed or SpeedConfig()
 
-        self.tokenizer = self.tokenizer_class(self.tokenizer_config)
+        self.build_model(self.tokenizer_config, ema_decay, speed or SpeedConfig())  # self.tokenizer, ema_tokenizer
         K = self.tokenizer.num_tokens
         self.val_budgets = sorted(set(val_budgets or power_of_two_budgets(K)))
         bad = [k for k in self.val_budgets if not 1 <= k <= K]
         if bad:
             raise ValueError(f"val_budgets {bad} are outside the accepted range 1..{K}")
-        self.ema_tokenizer = None
-        if ema_decay > 0:
-            self.ema_tokenizer = copy.deepcopy(self.tokenizer).requires_grad_(False)
         self.discriminator = None
         if self.loss_config.gan_weight > 0:
             self.discriminator = PatchDiscriminator(
                 self.tokenizer_config.channels, self.loss_config.disc_width, self.loss_config.disc_layers
             )
         self._lpips: list = []  # kept out of the state dict (frozen, loaded from the torch cache)
-        self.generator_steps = 0
         self._val_grid = None
+
+    @property
+    def generator_steps(self) -> int:
+        """Optimizer steps of the tokenizer (the GAN's generator), the EMA's step; saved as ``generator_steps``."""
+        return self.optimizer_steps
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -150,35 +144,15 @@ class TokenizerModule(L.LightningModule):
                            f"{self.tokenizer_config.num_tokens} is trained, shorter prefixes in the validation grid "
                            f"and metrics are not; use a nested recipe for any-prefix decoding")
 
-    def configure_model(self) -> None:
-        """Speed levers on the trained tokenizer (not its EMA copy), before a strategy wraps it."""
-        apply_speed(self.tokenizer, self.speed)
-        if self._trainer is not None:
-            enable_tf32(self.trainer.strategy.root_device, self.speed)
-
-    def eval_tokenizer(self) -> Tokenizer1D:
-        """The weights used for validation and export: EMA when enabled."""
-        return self.ema_tokenizer if self.ema_tokenizer is not None else self.tokenizer
+    def no_weight_decay(self, name: str, param: torch.nn.Parameter) -> bool:
+        return param.ndim < 2 or "pos" in name or "token" in name or "registers" in name
 
     def configure_optimizers(self):
-        o = self.optim_config
-        decay, no_decay = [], []
-        for name, p in self.tokenizer.named_parameters():
-            if not p.requires_grad:  # frozen (e.g. an encoder taken from another checkpoint)
-                continue
-            (no_decay if p.ndim < 2 or "pos" in name or "token" in name or "registers" in name else decay).append(p)
-        opt_g = build_adamw(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            self.speed, lr=o.lr, betas=(o.beta1, o.beta2),
-        )
-        total = o.total_steps or (self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000)
-        sched_g = torch.optim.lr_scheduler.LambdaLR(
-            opt_g, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio)
-        )
+        opt_g, sched_g = self.model_optimizer()
         if self.discriminator is None:
             return [opt_g], [sched_g]
-        opt_d = build_adamw([{"params": list(self.discriminator.parameters())}], self.speed, lr=o.disc_lr or o.lr,
-                            betas=(o.beta1, o.beta2))
+        o = self.optim_config
+        opt_d = self.adamw([{"params": list(self.discriminator.parameters())}], o.disc_lr or o.lr)
         return [opt_g, opt_d], [sched_g]
 
     def generator_step(self, loss: torch.Tensor) -> float:
@@ -193,9 +167,7 @@ class TokenizerModule(L.LightningModule):
             self.clip_gradients(opt, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         sched.step()
-        self.generator_steps += 1
-        if self.ema_tokenizer is not None:
-            ema_update(self.ema_tokenizer, self.tokenizer, self.ema_decay, self.generator_steps)
+        self.after_model_step()
         return sched.get_last_lr()[0]
 
     # ------------------------------------------------------------------ training
@@ -254,7 +226,7 @@ class TokenizerModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def _eval_step(self, batch, batch_idx, stage: str):
         images = batch["image"]
-        model = self.eval_tokenizer()
+        model = self.eval_model()
         z_q, codes, _ = model.quantize(model.encode_latents(images))
         target = to_unit(images)
         rows = [target[: self.grid_images]]
@@ -275,25 +247,16 @@ class TokenizerModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, "test")
 
-    def on_validation_epoch_end(self) -> None:
-        if not should_save_grid(self, self._val_grid):
-            return
-        n = min(self.grid_images, self._val_grid.shape[0] // (len(self.val_budgets) + 1))
-        grid = self._val_grid.view(len(self.val_budgets) + 1, -1, *self._val_grid.shape[1:])[:, :n]
-        # rows: original, then k = val_budgets[0], ..., K (coarse to fine)
-        save_val_grid(self, grid.flatten(0, 1), nrow=n)
-        self._val_grid = None
+    def validation_grid(self):
+        """Rows: the original images, then their reconstructions at k = val_budgets[0], ..., K (coarse to fine)."""
+        if self._val_grid is None:
+            return None
+        rows, self._val_grid = self._val_grid, None
+        n = min(self.grid_images, rows.shape[0] // (len(self.val_budgets) + 1))
+        grid = rows.view(len(self.val_budgets) + 1, -1, *rows.shape[1:])[:, :n]
+        return grid.flatten(0, 1), n
 
     # ------------------------------------------------------------------ checkpoint metadata
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokgen"] = {
-            "kind": "tokenizer1d",
-            "tokenizer_config": self.tokenizer_config.to_dict(),
-            "loss_config": asdict(self.loss_config),
-            "optim_config": asdict(self.optim_config),
-            "generator_steps": self.generator_steps,
-            "nested_dropout": self.nested_dropout,  # "none": a fixed-length tokenizer (only k = K is trained)
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.generator_steps = int(checkpoint.get("tokgen", {}).get("generator_steps", 0))
+    def checkpoint_metadata(self) -> dict:
+        return {"loss_config": asdict(self.loss_config),
+                "nested_dropout": self.nested_dropout}  # "none": a fixed-length tokenizer (only k = K is trained)

@@ -10,10 +10,6 @@ original clips, then their reconstructions).
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict
-
-import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -21,13 +17,13 @@ from ..metrics import to_unit
 from ..video.metrics import video_psnr, video_ssim
 from ..video.tokenizer import VideoTokenizer, VideoTokenizerConfig
 from ..video.geometry import trajectory_moments
-from .ema import ema_update
-from .grids import save_val_grid, should_save_grid
-from .schedule import warmup_cosine
+from .base import TrainingModule
 from .tokenizer import OptimConfig
 
 
-class VideoTokenizerModule(L.LightningModule):
+class VideoTokenizerModule(TrainingModule):
+    model_class = VideoTokenizer
+
     def __init__(
         self,
         tokenizer: VideoTokenizerConfig | None = None,
@@ -54,11 +50,9 @@ class VideoTokenizerModule(L.LightningModule):
         for name, value in (("alpha_weight", alpha_weight), ("geometry_weight", geometry_weight)):
             if value < 0:
                 raise ValueError(f"{name}={value} must be >= 0")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
         self.alpha_weight, self.geometry_weight = alpha_weight, geometry_weight
-        self.ema_decay, self.grid_clips = ema_decay, grid_clips
-        self.tokenizer = VideoTokenizer(self.tokenizer_config)
+        self.grid_clips = grid_clips
+        self.build_model(self.tokenizer_config, ema_decay)  # self.tokenizer, ema_tokenizer; plain AdamW
         K = self.tokenizer.num_tokens
         if self.tokenizer_config.kind == "trajectory":
             default = sorted({min(2**i, K) for i in range(K.bit_length() + 1)})
@@ -68,7 +62,6 @@ class VideoTokenizerModule(L.LightningModule):
         bad = [k for k in self.val_budgets if not 1 <= k <= K]
         if bad:
             raise ValueError(f"val_budgets {bad} are outside the accepted range 1..{K}")
-        self.ema_tokenizer = copy.deepcopy(self.tokenizer).requires_grad_(False) if ema_decay > 0 else None
         self._val_grid = None
 
     def setup(self, stage: str) -> None:
@@ -88,24 +81,6 @@ class VideoTokenizerModule(L.LightningModule):
             if max_traj is None or max_traj > c.max_tokens:
                 raise ValueError(f"set data.init_args.extraction.max_trajectories <= max_tokens={c.max_tokens} "
                                  f"(got {max_traj}) so every clip fits the token slots")
-
-    def eval_tokenizer(self) -> VideoTokenizer:
-        return self.ema_tokenizer if self.ema_tokenizer is not None else self.tokenizer
-
-    def configure_optimizers(self):
-        o = self.optim_config
-        decay = [p for p in self.tokenizer.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.tokenizer.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2))
-        total = o.total_steps or (self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0
-                                  else 10_000)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        if self.optim_config.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
 
     def compute_loss(self, model: VideoTokenizer, batch: dict) -> tuple[torch.Tensor, dict]:
         video = batch["video"]
@@ -133,12 +108,8 @@ class VideoTokenizerModule(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema_tokenizer is not None:
-            ema_update(self.ema_tokenizer, self.tokenizer, self.ema_decay, self.global_step)
-
     def _eval_step(self, batch, batch_idx, stage: str) -> None:
-        model = self.eval_tokenizer()
+        model = self.eval_model()
         video = batch["video"]
         ids = batch.get("traj_ids") if model.config.kind == "trajectory" else None
         z_q, _, token_mask, _ = model.encode(video, ids)
@@ -160,18 +131,13 @@ class VideoTokenizerModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, "test")
 
-    def on_validation_epoch_end(self) -> None:
-        if not should_save_grid(self, self._val_grid):
-            return
-        grid = to_unit(self._val_grid)  # rows alternate original / reconstruction, columns = frames
-        save_val_grid(self, grid.flatten(0, 1), nrow=grid.shape[1])
-        self._val_grid = None
+    def validation_grid(self):
+        """Rows alternate original / reconstructed clips, columns are their frames."""
+        if self._val_grid is None:
+            return None
+        clips, self._val_grid = to_unit(self._val_grid), None
+        return clips.flatten(0, 1), clips.shape[1]
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def checkpoint_metadata(self) -> dict:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        checkpoint["tokgen"] = {
-            "kind": "video_tokenizer",
-            "video_tokenizer_config": self.tokenizer_config.to_dict(),
-            "optim_config": asdict(self.optim_config),
-            "extraction": dict(getattr(dm, "extraction", None) or {}) if dm is not None else None,
-        }
+        return {"extraction": dict(getattr(dm, "extraction", None) or {}) if dm is not None else None}

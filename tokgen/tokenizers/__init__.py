@@ -15,14 +15,10 @@ __all__ = [
     "FlowDecoder", "FlowTokenizer", "FlowTokenizerConfig", "SamplingOptions",
 ]
 
-TOKENIZER_KINDS = {"halting_tokenizer": HaltingTokenizer, "flow_tokenizer": FlowTokenizer}  # else Tokenizer1D
-
-
 def load_tokenizer(path: str, use_ema: bool = True, map_location: str = "cpu") -> Tokenizer1D:
     """Any tokgen tokenizer checkpoint -> Tokenizer1D, HaltingTokenizer or FlowTokenizer, chosen by the kind saved
     in it."""
     from ..checkpoint import load_checkpoint
 
     kind = (load_checkpoint(path, map_location=map_location).get("tokgen") or {}).get("kind")
-    cls = TOKENIZER_KINDS.get(kind, Tokenizer1D)
-    return cls.from_checkpoint(path, use_ema=use_ema, map_location=map_location)
+    return Tokenizer1D.class_for_kind(kind).from_checkpoint(path, use_ema=use_ema, map_location=map_location)

@@ -194,6 +194,9 @@ class FlowTokenizer(Tokenizer1D):
     """Tokenizer1D's encoder and quantizer with a rectified-flow decoder, in pixel or AutoencoderKL latent space."""
 
     config_class = FlowTokenizerConfig
+    kind = "flow_tokenizer"
+    description = "flow tokenizer"
+    hint = "train one with tokgen.lit.FlowModule, e.g. configs/tokenizer/fmnist_flow_small.yaml"
 
     def __init__(self, config: FlowTokenizerConfig | dict | None = None):
         super().__init__(config)
@@ -279,17 +282,6 @@ class FlowTokenizer(Tokenizer1D):
         return self.decode_latents(self.quantizer.codes_to_latents(codes), **sampling)
 
     # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "FlowTokenizer":
-        """Load from a checkpoint written by ``tokgen fit`` with ``tokgen.lit.FlowModule`` (no YAML needed); in latent
-        mode the VAE must be at its configured path."""
-        from ..checkpoint import load_tokgen_model
-
-        model = load_tokgen_model(
-            path, lambda c: cls(FlowTokenizerConfig.from_dict(c)), "tokenizer_config", "tokenizer",
-            kinds=("flow_tokenizer",), what="flow tokenizer",
-            hint="train one with tokgen.lit.FlowModule, e.g. configs/tokenizer/fmnist_flow_small.yaml",
-            use_ema=use_ema, map_location=map_location,
-        )[0]
-        model.vae  # noqa: B018 -- latent mode: fail now, naming the path, when the VAE is missing
-        return model
+    def check_loaded(self) -> None:
+        """Latent mode: fail now, naming the path, when the VAE is missing."""
+        self.vae  # noqa: B018

@@ -142,6 +142,11 @@ def halting_bce(halt_logits: torch.Tensor, targets: torch.Tensor, weights: torch
 class HaltingTokenizer(Tokenizer1D):
     """Tokenizer1D whose encoder also reads a target-error token and predicts one halting logit per register."""
 
+    config_class = HaltingConfig
+    kind = "halting_tokenizer"
+    description = "halting tokenizer"
+    hint = "train one with tokgen.lit.HaltingModule, e.g. configs/tokenizer/shapes_halting.yaml"
+
     def __init__(self, config: HaltingConfig | dict | None = None):
         if config is None:
             config = HaltingConfig()
@@ -284,19 +289,6 @@ class HaltingTokenizer(Tokenizer1D):
         latents, halt_logits = self.encode_hidden(images, condition)
         z_q, codes, aux = self.quantize(latents)
         return self.decode_latents(z_q, keep), codes, aux, halt_logits
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "HaltingTokenizer":
-        """Load from a checkpoint written by ``tokgen fit`` with ``tokgen.lit.HaltingModule`` (no YAML needed)."""
-        from ..checkpoint import load_tokgen_model
-
-        return load_tokgen_model(
-            path, lambda c: cls(HaltingConfig.from_dict(c)), "tokenizer_config", "tokenizer",
-            kinds=("halting_tokenizer",), what="halting tokenizer",
-            hint="train one with tokgen.lit.HaltingModule, e.g. configs/tokenizer/shapes_halting.yaml",
-            use_ema=use_ema, map_location=map_location,
-        )[0]
 
 
 @torch.no_grad()

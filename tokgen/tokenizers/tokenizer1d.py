@@ -21,18 +21,16 @@ ViT); the attention layers refine it. It adds K * N * 2 parameters (4096 at K=32
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ..config import DictConfig
 from ..data.base import check_number
+from ..model import TokgenModel
 from ..nn import PatchEmbed, Transformer, build_pos_emb, check_patch_grid, unpatchify
 from ..quantize import QuantizerConfig
-from ..weights import load_state_strict, read_safetensors
 from .nested_dropout import apply_nested_dropout
 
 REGISTER_ATTENTION = ("causal", "bidirectional")
@@ -102,19 +100,14 @@ def fill_prefix(tokens: torch.Tensor, num_tokens: int, mask_token: torch.Tensor,
     return tokens
 
 
-class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=["tokgen", "image-tokenizer"]):
+class Tokenizer1D(TokgenModel):
     config_class = TokenizerConfig  # what ``config`` must be (or a dict of); subclasses name their own
+    kind = "tokenizer1d"
+    description = "tokgen tokenizer"
 
     def __init__(self, config: TokenizerConfig | dict | None = None):
         super().__init__()
-        if config is None:
-            config = self.config_class()
-        elif isinstance(config, dict):
-            config = self.config_class.from_dict(config)
-        elif not isinstance(config, self.config_class):
-            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__} (or a dict), "
-                             f"got {type(config).__name__}")
-        self.config = c = config
+        self.config = c = self.make_config(config)
         self.quantizer = c.quantizer.build()
         token_dim = c.quantizer.token_dim
 
@@ -236,53 +229,6 @@ class Tokenizer1D(nn.Module, PyTorchModelHubMixin, library_name="tokgen", tags=[
         """
         z_q, codes, aux = self.quantize(self.encode_latents(images))
         return self.decode_latents(z_q, keep), codes, aux
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, local_files_only: bool = True, **kwargs):
-        """Load a tokenizer written by ``save_pretrained`` (``config.json`` + ``model.safetensors``).
-
-        Local only by default: ``pretrained_model_name_or_path`` must be a folder on disk, and a missing one fails at
-        once (nothing is downloaded). ``local_files_only=False`` also accepts a Hugging Face Hub repo id, downloaded
-        (or read from the Hugging Face cache) by ``huggingface_hub``. The weights are loaded strictly: a file that
-        lacks keys of the model (e.g. the decoder) or holds others is refused with both lists."""
-        path = str(pretrained_model_name_or_path)
-        if local_files_only:
-            if not os.path.isdir(path):
-                raise FileNotFoundError(
-                    f"{cls.__name__}.from_pretrained: {path} is not a local folder (expected config.json + "
-                    f"model.safetensors from save_pretrained); nothing is downloaded by default: pass "
-                    f"local_files_only=False to load a Hugging Face Hub repo id")
-            missing = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(path, f))]
-            if missing:
-                raise FileNotFoundError(f"{cls.__name__}.from_pretrained: {path} has no {' or '.join(missing)} "
-                                        "(save_pretrained writes config.json + model.safetensors)")
-        return super().from_pretrained(path, local_files_only=local_files_only, **kwargs)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
-                         map_location: str = "cpu", **model_kwargs):
-        """huggingface_hub's hook: build the model from its config, then load ``model.safetensors`` strictly."""
-        model = cls(**model_kwargs)
-        if os.path.isdir(model_id):
-            weights = os.path.join(model_id, "model.safetensors")
-        else:
-            from huggingface_hub import hf_hub_download
-
-            weights = hf_hub_download(repo_id=model_id, filename="model.safetensors", revision=revision,
-                                      cache_dir=cache_dir, force_download=force_download, token=token,
-                                      local_files_only=local_files_only)
-        state = read_safetensors(weights, f"{cls.__name__} weights")[0]
-        load_state_strict(model, state, f"{cls.__name__} weights {weights}")
-        return model.to(map_location).eval()
-
-    @classmethod
-    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "Tokenizer1D":
-        """Load a tokenizer from a Lightning checkpoint written by ``tokgen fit`` (no YAML needed)."""
-        from ..checkpoint import load_tokgen_model
-
-        return load_tokgen_model(path, lambda c: cls(TokenizerConfig.from_dict(c)), "tokenizer_config", "tokenizer",
-                                 what="tokgen tokenizer", use_ema=use_ema, map_location=map_location)[0]
 
 
 def init_weights(module: nn.Module) -> None:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DictConfig
+from ..model import TokgenModel
 from ..nn import Transformer, TransformerBlock, sincos_1d
 from ..quantize import QuantizerConfig
 from ..tokenizers.tokenizer1d import init_weights
@@ -108,7 +109,7 @@ def fourier_features(coords: torch.Tensor, num_bands: int) -> torch.Tensor:
     return torch.cat([coords, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
 
 
-class VideoTokenizer(nn.Module):
+class VideoTokenizer(TokgenModel):
     """Trajectory tokenizer or space-time patch baseline (see the module docstring), one interface:
 
     ``forward(video, ids=None) -> (recon (B, T, C, H, W), extras)`` with ``extras`` holding ``tokens``
@@ -116,11 +117,16 @@ class VideoTokenizer(nn.Module):
     ``alpha_logits`` (B, K, T, H, W) and ``geometry`` (B, K, T, 4): the predicted mask moments (cy, cx, sy, sx).
     """
 
+    config_class = VideoTokenizerConfig
+    kind = "video_tokenizer"
+    config_key = "video_tokenizer_config"
+    metadata = {"extraction": "extraction"}  # the trajectory extraction settings it was trained with
+    description = "video tokenizer"
+    hint = "was it written by a video recipe?"
+
     def __init__(self, config: VideoTokenizerConfig | dict | None = None):
         super().__init__()
-        if isinstance(config, dict):
-            config = VideoTokenizerConfig.from_dict(config)
-        self.config = c = config or VideoTokenizerConfig()
+        self.config = c = self.make_config(config)
         self.extraction: dict | None = None  # trajectory extraction settings it was trained with (from_checkpoint)
         self.quantizer = c.quantizer.build()
         d_tok = c.quantizer.token_dim
@@ -312,16 +318,3 @@ class VideoTokenizer(nn.Module):
             (recon, alpha), geometry = self.decode(z_q, token_mask), None
         return recon, {"tokens": z_q, "codes": codes, "token_mask": token_mask, "aux": aux, "alpha_logits": alpha,
                        "geometry": geometry}
-
-    @classmethod
-    def from_checkpoint(cls, path: str, use_ema: bool = True, map_location: str = "cpu") -> "VideoTokenizer":
-        """Load from a Lightning checkpoint written by ``tokgen fit`` with a video recipe (no YAML needed)."""
-        from ..checkpoint import load_tokgen_model
-
-        model, meta = load_tokgen_model(
-            path, lambda c: cls(VideoTokenizerConfig.from_dict(c)), "video_tokenizer_config", "tokenizer",
-            what="video tokenizer", hint="was it written by a video recipe?", use_ema=use_ema, map_location=map_location,
-        )
-        model.extraction = meta.get("extraction")
-        return model
-
