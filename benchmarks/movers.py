@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--extraction", default="{}", help="JSON object of ExtractionConfig fields")
+    p.add_argument("--extraction", default='{"movers": true}', help="JSON object of ExtractionConfig fields "
+                   "(default: movers on)")
     args = p.parse_args(argv)
     import cv2
     import torch

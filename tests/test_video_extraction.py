@@ -118,12 +118,12 @@ def test_small_movers_become_trajectories_and_the_count_stays_flat():
     recall, n16, n32, off = [], [], [], []
     for i in range(4):
         clip = short[i]
-        traj = extract_trajectories(clip["video"])
+        traj = extract_trajectories(clip["video"], {"movers": True})
         recall.append(track_scores(traj.ids, clip["tracks"].numpy())["recall"])
         off.append(track_scores(extract_trajectories(clip["video"], {"movers": False}).ids,
                                 clip["tracks"].numpy())["recall"])
         n16.append(traj.num)
-        n32.append(extract_trajectories(long[i]["video"]).num)
+        n32.append(extract_trajectories(long[i]["video"], {"movers": True}).num)
     assert np.mean(recall) >= 0.85 and np.mean(recall) > np.mean(off) + 0.5, (recall, off)
     assert 0.8 <= np.mean(n32) / np.mean(n16) <= 1.2, (n16, n32)
 
@@ -156,7 +156,7 @@ def test_photo_clips_have_mover_masks_and_a_moving_camera():
                        clip["video"])
     static = PhotoMoversDataset(1, num_frames=8, image_size=64, min_movers=2, max_movers=2, mover_size_px=(6, 10),
                                 enter_fraction=0.0, camera=False, seed=3)[0]
-    traj = extract_trajectories(static["video"])
+    traj = extract_trajectories(static["video"], {"movers": True})
     assert track_scores(traj.ids, static["tracks"].numpy())["recall"] >= 0.5
 
 

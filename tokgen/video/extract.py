@@ -71,7 +71,7 @@ class ExtractionConfig(DictConfig):
     absorb_colour: float = 25.0  # CIELAB distance under which colours count as the same
     min_area: float = 0.002  # trajectories below this fraction of the clip volume are dissolved
     max_trajectories: int | None = None  # keep at most this many (largest first)
-    movers: bool = True  # also find small moving objects by motion (see tokgen.video.movers)
+    movers: bool = False  # opt-in: also find small moving objects by motion (see tokgen.video.movers)
     motion_size: int = 128  # longest side mover detection runs at (larger inputs are downscaled); 0 = input size
     motion_threshold: float = 0.1  # summed RGB difference in [0, 3] to the background model that is a mover
     mover_max_area: float = 0.02  # larger moving regions (fraction of the frame) are left to segmentation
