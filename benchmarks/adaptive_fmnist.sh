@@ -24,7 +24,7 @@ for stage in "${stages[@]}"; do
     tokenizer)  # nested tokenizer, scored per prefix on the 10k test images
       tokgen fit --config configs/tokenizer/fmnist_small.yaml
       tokgen eval --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --budgets 1,2,4,8,16,32 \
-          --metrics psnr --out runs/fmnist_small/eval/fmnist.json ;;
+          --metrics psnr --floors --out runs/fmnist_small/eval/fmnist.json ;;
     halting)  # halting head on the frozen nested encoder, fit to the search minimum, threshold calibrated on val
       tokgen refit-halting --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --eps-range "$EPS_RANGE" \
           --num-images 6000 --reps 2 --steps 3000 --calibrate 0.85 --target-errors "$EPS_LIST" \
