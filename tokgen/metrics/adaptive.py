@@ -58,7 +58,7 @@ def evaluate_adaptive(
         table = None  # every prefix's error, decoded once per batch when the codes do not depend on eps
         for eps, acc in per_eps.items():
             _, lengths, z_q = tokenizer.encode_adaptive(x, eps, threshold=threshold)
-            if not tokenizer.config.condition_encoder:
+            if search and not tokenizer.config.condition_encoder:  # the searches will read every prefix anyway
                 table = prefix_errors(tokenizer, z_q, x, metric) if table is None else table
                 err = table.gather(1, (lengths - 1)[:, None]).squeeze(1)
             else:
@@ -73,6 +73,7 @@ def evaluate_adaptive(
                     if method == "linear":
                         acc["linear_met"].append(found["met"].cpu())
 
+    edges = torch.cat(edges)
     results, columns = [], {}
     for eps, acc in per_eps.items():
         cols = {k: torch.cat(v) for k, v in acc.items() if v}
@@ -100,9 +101,8 @@ def evaluate_adaptive(
             row["tokens_vs_search"] = row["mean_tokens"] / max(row["search_linear"]["mean_tokens"], 1e-9)
             row["passes_vs_binary_search"] = row["decoder_passes"] / row["search_binary"]["decoder_passes"]
             row["passes_vs_linear_search"] = row["decoder_passes"] / row["search_linear"]["decoder_passes"]
-        if search:
             row["spearman_length_vs_search_min"] = spearman(lengths, cols["linear_length"].float())
-        row["spearman_length_vs_edge_density"] = spearman(lengths, torch.cat(edges))
+        row["spearman_length_vs_edge_density"] = spearman(lengths, edges)
         if shapes:
             row["spearman_length_vs_num_shapes"] = spearman(lengths, torch.cat(shapes).float())
         results.append(row)
@@ -117,7 +117,6 @@ def evaluate_adaptive(
         "monotone_mean_tokens": all(a >= b for a, b in zip(means, means[1:])),  # lower eps never fewer tokens
         "results": results,
         "_columns": columns,  # per-image tensors for callers (dropped by write_adaptive_report)
-        "_edge_density": torch.cat(edges),
     }
 
 
