@@ -5,7 +5,7 @@
 # Each stage's wall time goes to runs/adaptive_fmnist/times.txt; the numbers go to benchmarks/*.json (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EPS_LIST=${EPS_LIST:-0.08,0.09,0.1,0.12}   # halting's target errors (per-pixel L1 on [0, 1] images)
+EPS_LIST=${EPS_LIST:-0.08,0.09,0.1,0.11,0.12}   # halting's target errors (per-pixel L1 on [0, 1] images)
 EPS_RANGE=${EPS_RANGE:-0.06,0.16}          # the range the halting head is trained for
 EPS=${EPS:-0.1}                           # the target error of the generator's token shards
 NUM=${NUM:-100}                            # samples per class (x 10 classes)
@@ -25,10 +25,10 @@ for stage in "${stages[@]}"; do
       tokgen fit --config configs/tokenizer/fmnist_small.yaml
       tokgen eval --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --budgets 1,2,4,8,16,32 \
           --metrics psnr --floors --out runs/fmnist_small/eval/fmnist.json ;;
-    halting)  # halting head on the frozen nested encoder, fit to the search minimum, threshold calibrated on val
+    halting)  # error-model halting head on the frozen nested encoder; one threshold per eps calibrated on val
       tokgen refit-halting --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --eps-range "$EPS_RANGE" \
-          --num-images 6000 --reps 2 --steps 3000 --calibrate 0.85 --target-errors "$EPS_LIST" \
-          --out runs/fmnist_halting/halting.ckpt
+          --num-images 6000 --prefixes 8 --head-hidden 256 --steps 4000 --calibrate 0.86 --calibrate-images 1024 \
+          --target-errors "$EPS_LIST" --out runs/fmnist_halting/halting.ckpt
       python benchmarks/halting.py --ckpt runs/fmnist_halting/halting.ckpt --data fmnist --num-images 2000 \
           --target-errors "$EPS_LIST" --rho-eps "$EPS" --threads 2 --json benchmarks/halting_fmnist.json ;;
     tokens)  # the training split as token shards: adaptive lengths at EPS, and fixed K = 32

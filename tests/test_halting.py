@@ -334,15 +334,74 @@ def test_calibrate_threshold_is_the_smallest_meeting_min_met():
         for r in got["results"]:
             assert abs(cal["per_eps"][r["eps"]]["fraction_met"][k] - r["fraction_met"]) < 1e-6
             assert abs(cal["per_eps"][r["eps"]]["mean_tokens"][k] - r["mean_tokens"]) < 1e-5
+    table = cal["table"]  # one threshold per eps: each the smallest reaching min_met there, not rising with eps
+    assert [e for e, _ in table] == eps and table[0][1] >= table[1][1]
+    for e, thr in table:
+        met = cal["per_eps"][e]["fraction_met"]
+        assert met[grid.index(thr)] >= min_met
+    assert all(m < min_met for m in cal["per_eps"][eps[-1]]["fraction_met"][:grid.index(table[-1][1])])
     with pytest.raises(ValueError, match="min_met"):
         calibrate_threshold(tok, data, eps, min_met=1.5)
 
 
+def test_per_eps_thresholds_interpolate_in_log_eps():
+    """``halt_thresholds`` gives each eps its own threshold (linear in log eps between entries, the end values
+    outside); encode uses it, an explicit threshold overrides it, and a table whose thresholds rise with eps (a
+    lower eps could halt earlier) is refused."""
+    tok = spread_halting(HaltingTokenizer(halting_config(halt_thresholds=[[0.05, 0.9], [0.2, 0.3]])))
+    thr = tok.threshold_at(torch.tensor([0.03, 0.05, 0.1, 0.2, 0.3]), 5)
+    mid = 0.9 + (math.log(0.1) - math.log(0.05)) / (math.log(0.2) - math.log(0.05)) * (0.3 - 0.9)
+    torch.testing.assert_close(thr, torch.tensor([0.9, 0.9, mid, 0.3, 0.3]))
+    x = images(8)
+    for eps in (0.05, 0.1, 0.2):
+        _, lengths = tok.encode(x, target_error=eps)
+        _, explicit = tok.encode(x, target_error=eps, threshold=float(tok.threshold_at(eps, 1)))
+        assert torch.equal(lengths, explicit)
+    with pytest.raises(ValueError, match="thresholds in \\(0, 1\\) not rising"):
+        halting_config(halt_thresholds=[[0.05, 0.3], [0.2, 0.9]])
+    with pytest.raises(ValueError, match="halt_thresholds="):
+        halting_config(halt_thresholds=[[0.05]])
+
+
+class BrightnessStandIn:
+    """Stand-in decoder for head refits (random weights give errors that do not fall with k): image i decoded from
+    k tokens is the image plus a uniform L1 error base_i / k, where base_i grows with the image's brightness, so the
+    search minimum ceil(base_i / eps) (and every prefix's error) is learnable from the image. Used as a context
+    manager around calls that encode and decode ``self.x`` with ``tok``."""
+
+    def __init__(self, tok, n: int = 96):
+        g = torch.Generator().manual_seed(5)
+        level = torch.rand(n, generator=g) - 0.5  # image brightness in [-0.5, 0.5]
+        self.x = level[:, None, None, None] + 0.02 * torch.randn(n, 3, 16, 16, generator=g)
+        self.base = 0.1 + 0.8 * (level + 0.5)  # L1 error of one token, on [0, 1] images
+        self.tok = tok
+
+    def __enter__(self):
+        tok, x, base, batch = self.tok, self.x, self.base, {}
+        encoder_states, quantize = tok.encoder_states, tok.quantize
+
+        def tracking_states(images, condition=None):  # remember which images this batch holds
+            batch["rows"] = ((x[None] - images[:, None]).flatten(2).abs().sum(2) == 0).float().argmax(1)
+            return encoder_states(images, condition)
+
+        def index_quantize(latents):  # z_q carries the image index
+            z_q, codes, aux = quantize(latents)
+            return batch["rows"].float()[:, None, None].expand(-1, z_q.shape[1], 1), codes, aux
+
+        def decode_latents(z_q, keep):
+            rows = z_q[:, 0, 0].long()
+            return x[rows] + 2 * (base[rows] / keep)[:, None, None, None]
+
+        tok.encoder_states, tok.quantize, tok.decode_latents = tracking_states, index_quantize, decode_latents
+        return self
+
+    def __exit__(self, *exc):
+        del self.tok.encoder_states, self.tok.quantize, self.tok.decode_latents
+
+
 def test_refit_halting_head_learns_the_search_minimum(tmp_path):
     """``refit_halting_head`` fits only the halting head to search labels on the frozen encoder, and
-    ``refit_checkpoint`` writes it to a new checkpoint. Stand-in decoder (random weights give errors that do not
-    fall with k): image i decoded from k tokens is the image plus a uniform L1 error base_i / k, where base_i
-    grows with the image's brightness, so the search minimum ceil(base_i / eps) is learnable from the image."""
+    ``refit_checkpoint`` writes it to a new checkpoint (stand-in decoder: :class:`BrightnessStandIn`)."""
     from tokgen.commands.refit_halting import parse_range
     from tokgen.metrics.datasets import EvalData
     from tokgen.tokenizers.halting_refit import refit_checkpoint, refit_halting_head
@@ -350,35 +409,17 @@ def test_refit_halting_head_learns_the_search_minimum(tmp_path):
     torch.manual_seed(0)
     tok = HaltingTokenizer(halting_config()).eval()
     ckpt = save_halting(tmp_path / "halting.ckpt", tok)
-    g = torch.Generator().manual_seed(5)
-    level = torch.rand(96, generator=g) - 0.5  # image brightness in [-0.5, 0.5]
-    x = level[:, None, None, None] + 0.02 * torch.randn(96, 3, 16, 16, generator=g)
-    base = 0.1 + 0.8 * (level + 0.5)  # L1 error of one token, on [0, 1] images
+    standin = BrightnessStandIn(tok)
+    x = standin.x
     data = EvalData(_ImageList(x), 16, 3, None, {"test": "refit"})
     probe = x[:16]
     cond = tok.condition_index(0.1, 16)
     latents_before = tok.encode_latents(probe, cond)
     head_before = {k: v.clone() for k, v in tok.state_dict().items() if k.startswith(("halt_mlp", "halt_head"))}
 
-    batch = {}
-    encoder_states, quantize = tok.encoder_states, tok.quantize
-
-    def tracking_states(images, condition=None):  # remember which images this batch holds
-        batch["rows"] = ((x[None] - images[:, None]).flatten(2).abs().sum(2) == 0).float().argmax(1)
-        return encoder_states(images, condition)
-
-    def index_quantize(latents):  # z_q carries the image index, like _StepDecoder
-        z_q, codes, aux = quantize(latents)
-        return batch["rows"].float()[:, None, None].expand(-1, z_q.shape[1], 1), codes, aux
-
-    def decode_latents(z_q, keep):
-        rows = z_q[:, 0, 0].long()
-        return x[rows] + 2 * (base[rows] / keep)[:, None, None, None]
-
-    tok.encoder_states, tok.quantize, tok.decode_latents = tracking_states, index_quantize, decode_latents
-    summary = refit_halting_head(tok, data, eps_range=(0.05, 0.3), reps=2, steps=300, lr=3e-3, batch_size=64,
-                                 holdout=0.25, progress=False)
-    del tok.encoder_states, tok.quantize, tok.decode_latents
+    with standin:
+        summary = refit_halting_head(tok, data, eps_range=(0.05, 0.3), reps=2, steps=300, lr=3e-3, batch_size=64,
+                                     holdout=0.25, progress=False)
     assert summary["examples"] == 192 and summary["holdout_examples"] == 48
     before, after = summary["holdout_before"], summary["holdout_after"]
     assert after["bce"] < 0.7 * before["bce"], summary
@@ -413,6 +454,45 @@ def test_refit_halting_head_learns_the_search_minimum(tmp_path):
     with pytest.raises(SystemExit, match="target_error=0.9 is outside"):
         main(["refit-halting", "--ckpt", ckpt, "--data", "shapes", "--out", str(tmp_path / "r2.ckpt"),
               "--calibrate", "0.8", "--target-errors", "0.1,0.9", "--num-images", "4", "--no-progress"])
+
+
+def test_error_model_head_learns_every_prefix_error(tmp_path):
+    """The error-model head (``halt_head="error_model"``) on a nested tokenizer models each prefix's error per
+    image: after ``refit_halting_head`` on a few random prefixes per image the held-out likelihood improves, the
+    lengths at several eps land near the search minimum ceil(base / eps), and a lower eps never gives fewer tokens
+    for any image (stand-in decoder: :class:`BrightnessStandIn`)."""
+    from tokgen.metrics.datasets import EvalData
+    from tokgen.tokenizers.halting import halting_from_tokenizer
+    from tokgen.tokenizers.halting_refit import refit_halting_head
+
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in halting_config().to_dict().items() if k in Tokenizer1D().config.to_dict()}
+    tok = halting_from_tokenizer(Tokenizer1D(cfg).eval(), 0.05, 0.3, halt_head_hidden=32)
+    assert tok.config.halt_head == "error_model"
+    standin = BrightnessStandIn(tok)
+    data = EvalData(_ImageList(standin.x), 16, 3, None, {"test": "error model"})
+    with standin:
+        summary = refit_halting_head(tok, data, prefixes=3, steps=400, lr=3e-3, batch_size=64, holdout=0.25,
+                                     progress=False)
+    assert summary["head"] == "error_model" and summary["examples"] == 96 and summary["prefixes"] == 3
+    assert summary["holdout_after"]["nll"] < summary["holdout_before"]["nll"] - 1.0, summary
+    K = tok.num_tokens
+    lengths = {}
+    for eps in (0.06, 0.1, 0.15, 0.3):
+        _, lengths[eps] = tok.encode(standin.x, target_error=eps, threshold=0.5)
+        kstar = (standin.base / eps).ceil().clamp(1, K).long()
+        assert (lengths[eps] - kstar).abs().float().mean() < 1.0, (eps, lengths[eps], kstar)
+    for lo, hi in zip(sorted(lengths), sorted(lengths)[1:]):  # per image, not only on average
+        assert (lengths[lo] >= lengths[hi]).all()
+    with pytest.raises(ValueError, match="needs a target error"):
+        tok.halting_logits(torch.zeros(2, K, tok.config.width), torch.zeros(2))
+    with pytest.raises(ValueError, match="condition_encoder=false"):
+        HaltingConfig.from_dict({**tok.config.to_dict(), "condition_encoder": True})
+    with pytest.raises(ValueError, match="halt_head='nope' is not supported"):
+        HaltingConfig.from_dict({**tok.config.to_dict(), "halt_head": "nope"})
+    from tokgen.lit.halting import HaltingModule
+    with pytest.raises(ValueError, match="refit-halting --head error-model"):
+        HaltingModule(tokenizer=tok.config)
 
 
 def test_refit_halting_command_stores_the_calibrated_threshold(tmp_path):
@@ -493,9 +573,13 @@ def test_halting_added_to_a_nested_tokenizer_keeps_its_codes(tmp_path):
         assert torch.equal(codes[kept], nested.encode(x)[kept])
     out = tmp_path / "halting.ckpt"
     refit_main(["--ckpt", str(src), "--data", "shapes", "--out", str(out), "--num-images", "8", "--steps", "3",
-                "--eps-range", "0.05,0.3", "--head-hidden", "16", "--no-progress"])
+                "--eps-range", "0.05,0.3", "--head-hidden", "16", "--prefixes", "2", "--calibrate", "0.5",
+                "--target-errors", "0.1,0.2", "--calibrate-images", "4", "--no-progress"])
     loaded = load_tokenizer(str(out))
     assert isinstance(loaded, HaltingTokenizer) and loaded.config.eps_min == 0.05 and loaded.config.halt_head_hidden == 16
+    assert loaded.config.halt_head == "error_model"
+    table = loaded.config.halt_thresholds  # one threshold per calibrated eps, stored with the checkpoint
+    assert [e for e, _ in table] == [0.1, 0.2] and table[0][1] >= table[1][1]
     assert torch.equal(loaded.encode(x), nested.encode(x))
     with pytest.raises(ValueError, match="--eps-range"):
         refit_main(["--ckpt", str(src), "--data", "shapes", "--out", str(tmp_path / "b.ckpt"), "--no-progress"])

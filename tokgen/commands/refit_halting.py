@@ -2,8 +2,10 @@
 ``tokgen.tokenizers.halting_refit``) and write it as a new checkpoint; codes are unchanged, only lengths move.
 
 Given a plain nested tokenizer instead (a ``tokgen.lit.TokenizerModule`` checkpoint trained with nested dropout),
-it adds halting to it: a new halting head that reads eps is fit on the unchanged encoder
-(``tokgen.tokenizers.halting.halting_from_tokenizer``); ``--eps-range`` is then the range the head is trained for.
+it adds halting to it: a new halting head is fit on the unchanged encoder
+(``tokgen.tokenizers.halting.halting_from_tokenizer``); ``--eps-range`` is then the range of target errors it
+accepts. The default head (``--head error-model``) models each prefix's error per image from ``--prefixes``
+decoded prefixes per image; ``--head classifier`` is fit to the search minimum at drawn eps.
 
     tokgen refit-halting --ckpt runs/fmnist_small/checkpoints/last.ckpt --data fmnist --eps-range 0.04,0.12 \
         --num-images 8192 --calibrate 0.85 --target-errors 0.05,0.06,0.08,0.1 --out runs/fmnist_halting/halting.ckpt
@@ -15,7 +17,9 @@ it adds halting to it: a new halting head that reads eps is fit on the unchanged
 Labels come from the training split (never the val split used for threshold calibration, nor the test split
 that is scored). With ``--calibrate MIN_MET`` the halting threshold is then chosen on the val split
 (``tokgen.metrics.adaptive.calibrate_threshold``: the smallest that meets every eps of ``--target-errors`` on
-MIN_MET of those images) and stored as the new checkpoint's ``halt_threshold``, so ``encode(images,
+MIN_MET of those images) and stored as the new checkpoint's ``halt_threshold``; with the error-model head, one
+threshold per eps is stored instead (``halt_thresholds``: for each eps of ``--target-errors`` the smallest meeting
+it on MIN_MET, never rising with eps, interpolated in log eps between them), so ``encode(images,
 target_error=eps)``, ``tokgen tokenize --target-error`` and ``tokgen eval --target-errors`` use it by default.
 The summary (held-out head BCE and exact-length rate before and after, the calibration) is printed as JSON and
 stored in the new checkpoint's metadata.
@@ -53,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a nested tokenizer: the per-pixel error eps measures on [0, 1] images (default l1)")
     p.add_argument("--head-hidden", type=int, default=128,
                    help="with a nested tokenizer: width of the new halting head's MLP (default 128)")
+    p.add_argument("--head", default="error-model", choices=("error-model", "classifier"),
+                   help="with a nested tokenizer: the new halting head. error-model (default): models every prefix's "
+                        "error per image, so one threshold serves every eps and lengths never fall as eps falls; "
+                        "classifier: a halting logit per register from the register state and eps, fit to the search "
+                        "minimum at drawn eps")
+    p.add_argument("--prefixes", type=int, default=8,
+                   help="error-model head: prefix lengths decoded per image as labels (default 8; K-1 = all)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=256)
@@ -63,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "eps on MIN_MET of the images, e.g. 0.85) and store it in the checkpoint")
     p.add_argument("--target-errors", metavar="EPS,...", help="with --calibrate: the eps values to calibrate for")
     p.add_argument("--calibrate-images", type=int, default=512, help="val images for --calibrate (default 512)")
+    p.add_argument("--single-threshold", action="store_true",
+                   help="error-model head: calibrate one threshold for every eps instead of one per --target-errors "
+                        "eps (interpolated between them; a classifier head always gets one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
@@ -88,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_path("--out", args.out)
     device = check_device("--device", args.device)
     for flag, value in (("--num-images", args.num_images), ("--reps", args.reps), ("--steps", args.steps),
-                        ("--batch-size", args.batch_size), ("--calibrate-images", args.calibrate_images)):
+                        ("--batch-size", args.batch_size), ("--calibrate-images", args.calibrate_images),
+                        ("--prefixes", args.prefixes)):
         check_int(flag, value, minimum=1)
     check_number("--lr", args.lr, 0, low_open=True)
     if args.calibrate is not None:
@@ -109,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
                              f"errors ({args.error_metric} on [0, 1] images) the new halting head is trained for")
         check_int("--head-hidden", args.head_hidden, minimum=1)
         tok = halting_from_tokenizer(Tokenizer1D.from_checkpoint(args.ckpt), eps_range[0], eps_range[1],
-                                     error_metric=args.error_metric, halt_head_hidden=args.head_hidden).to(device)
+                                     error_metric=args.error_metric, halt_head_hidden=args.head_hidden,
+                                     halt_head=args.head.replace("-", "_")).to(device)
     else:
         tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(device)
     target_errors = None
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     summary = refit_halting_head(tok, data, eps_range=eps_range, reps=args.reps, steps=args.steps, lr=args.lr,
                                  batch_size=args.batch_size, search=args.search, seed=args.seed,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, prefixes=args.prefixes)
     summary["seconds"] = time.perf_counter() - start
     summary["data"] = args.data
     if args.calibrate is not None:
@@ -131,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         calibration = calibrate_threshold(tok, cal_data, target_errors, min_met=args.calibrate,
                                           progress=not args.no_progress)
         tok.config.halt_threshold = calibration["threshold"]
+        if tok.config.halt_head == "error_model" and not args.single_threshold:
+            tok.config.halt_thresholds = calibration["table"]
         summary["calibration"] = {k: v for k, v in calibration.items() if k != "per_eps"}
         summary["calibration"]["per_eps"] = {f"{e:g}": v for e, v in calibration["per_eps"].items()}
     refit_checkpoint(args.ckpt, args.out, tok, summary)

@@ -46,7 +46,8 @@ def halting_identity(tokenizer, target_error: float | None = None, threshold: fl
             t = tensor.detach().cpu().contiguous().reshape(-1)
             h.update(f"{name}:{tuple(tensor.shape)}".encode() + t.view(torch.uint8).numpy().tobytes())
     return {"fingerprint": h.hexdigest()[:16],
-            "threshold": float(tokenizer.config.halt_threshold if threshold is None else threshold),
+            "threshold": float(threshold if threshold is not None else tokenizer.config.halt_threshold
+                               if target_error is None else tokenizer.threshold_at(target_error, 1)[0]),
             "target_error": None if target_error is None else float(target_error)}
 
 

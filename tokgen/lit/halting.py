@@ -52,6 +52,9 @@ class HaltingModule(TokenizerModule):
         tokenizer = tokenizer or HaltingConfig()
         if not isinstance(tokenizer, HaltingConfig):
             raise ValueError(f"HaltingModule needs model.tokenizer to be a HaltingConfig, got {type(tokenizer).__name__}")
+        if tokenizer.halt_head != "classifier":
+            raise ValueError(f"HaltingModule trains the classifier halting head; halt_head={tokenizer.halt_head!r} is "
+                             f"fit on a trained nested tokenizer by `tokgen refit-halting --head error-model`")
         loss = loss or LossConfig()
         if loss.gan_weight > 0 or loss.perceptual_weight > 0:
             raise ValueError(f"HaltingModule trains pixel + quantizer losses only; got gan_weight={loss.gan_weight}, "

@@ -114,6 +114,7 @@ def evaluate_adaptive(
         "error_metric": metric,
         "trained_range": [tokenizer.config.eps_min, tokenizer.config.eps_max],
         "halt_threshold": tokenizer.config.halt_threshold if threshold is None else threshold,
+        "halt_thresholds": tokenizer.config.halt_thresholds if threshold is None else None,  # per eps, when set
         "monotone_mean_tokens": all(a >= b for a, b in zip(means, means[1:])),  # lower eps never fewer tokens
         "results": results,
         "_columns": columns,  # per-image tensors for callers (dropped by write_adaptive_report)
@@ -136,12 +137,15 @@ def calibrate_threshold(
     (conditioned on eps) and every prefix 1..K is decoded once to know which lengths meet eps; the lengths
     any threshold of ``grid`` gives are then a lookup. A higher threshold halts later (more tokens, more
     images meeting eps), so the smallest one that reaches ``min_met`` at every eps spends the fewest tokens.
-    Returns {"threshold", "min_met", "grid", "per_eps": {eps: {"fraction_met": [...], "mean_tokens": [...]}}};
-    when no threshold of the grid reaches ``min_met`` the largest is returned with "reached": False.
+    Returns {"threshold", "min_met", "grid", "per_eps": {eps: {"fraction_met": [...], "mean_tokens": [...]}},
+    "table"}; when no threshold of the grid reaches ``min_met`` the largest is returned with "reached": False.
+    "table" ([[eps, threshold], ...], rising eps) holds one threshold per eps instead (the smallest reaching
+    ``min_met`` at that eps, raised where needed so it does not rise with eps): the ``halt_thresholds`` of a
+    halting config.
     """
     if not 0.0 < min_met <= 1.0:
         raise ValueError(f"min_met={min_met!r} must be in (0, 1]")
-    grid = sorted(grid or [round(0.05 * i, 2) for i in range(1, 20)] + [0.97, 0.99])
+    grid = sorted(grid or [round(0.01 * i, 2) for i in range(1, 100)] + [0.995, 0.999])
     bad = [g for g in grid if not 0.0 < g < 1.0]
     if bad:
         raise ValueError(f"calibration thresholds {bad} are outside (0, 1)")
@@ -168,11 +172,20 @@ def calibrate_threshold(
                 acc["tokens"][j] += lengths.float().sum()
     per_eps = {eps: {"fraction_met": (a["met"] / n).tolist(), "mean_tokens": (a["tokens"] / n).tolist()}
                for eps, a in stats.items()}
-    ok = torch.stack([a["met"] / n >= min_met for a in stats.values()]).all(0)  # (len(grid),)
+    meets = {eps: a["met"] / n >= min_met for eps, a in stats.items()}  # (len(grid),) each
+    ok = torch.stack(list(meets.values())).all(0)
     reached = bool(ok.any())
     index = int(ok.nonzero()[0]) if reached else len(grid) - 1
+    # per eps: the smallest threshold reaching min_met there; then, from the largest eps down, never below the
+    # next larger eps's, so the table's thresholds do not rise with eps (a lower eps never halts earlier)
+    table, floor = [], 0.0
+    for eps in sorted(meets, reverse=True):
+        hit = meets[eps].nonzero()
+        floor = max(floor, grid[int(hit[0])] if hit.numel() else grid[-1])
+        table.append([eps, floor])
     return {"threshold": grid[index], "reached": reached, "min_met": min_met, "num_images": n,
-            "grid": grid, "per_eps": per_eps}
+            "grid": grid, "per_eps": per_eps, "table": sorted(table),
+            "table_reached": all(bool(m.any()) for m in meets.values())}
 
 
 def edge_density(images: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:

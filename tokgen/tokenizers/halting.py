@@ -31,6 +31,12 @@ Head refit (``tokgen.tokenizers.halting_refit``, ``tokgen refit-halting``): once
 alone is refit on the frozen encoder to the search minimum k* of (image, eps) pairs, which tightens the lengths
 around the smallest sufficient prefix; codes do not change.
 
+Error-model head (``halt_head="error_model"``, only with ``condition_encoder=False``). Instead of one halting logit
+per (register, eps), an MLP on the mean register state models the log error of the image's first i tokens, for
+every i, as a logistic distribution (location, scale); at a target eps, ``p_i = P(error_i <= eps) = sigmoid((log
+eps - loc_i) / scale_i)``. p_i rises with eps at every register, so a lower eps never halts earlier, for every image and
+every threshold; one fit covers the whole eps range (its labels are decoded prefix errors, not per-eps searches).
+
 Inference: ``encode(images, target_error=eps)`` -> (codes (B, K) with zeros past each length, lengths (B,)),
 one encoder pass and no decoder pass. An eps outside ``[eps_min, eps_max]`` raises a ValueError unless
 ``clamp=True``, which uses the nearest trained value (the lengths are then those of the clamped eps).
@@ -50,6 +56,7 @@ from torch import nn
 from .tokenizer1d import Tokenizer1D, TokenizerConfig, register_attention_mask
 
 ERROR_METRICS = ("l1", "l2")
+HALT_HEADS = ("classifier", "error_model")
 SEARCH_METHODS = ("linear", "binary")
 
 
@@ -64,10 +71,15 @@ class HaltingConfig(TokenizerConfig):
     eps_max: float = 0.3
     eps_bins: int = 32  # log-spaced bin centres over [eps_min, eps_max] (>= 2), interpolated between
     halt_threshold: float = 0.5  # a position halts when its halting probability exceeds this
+    halt_thresholds: list | None = None  # optional [[eps, threshold], ...] by rising eps, thresholds non-increasing:
+    #                                     the threshold at eps, linear in log eps between entries (replaces
+    #                                     halt_threshold; written by `tokgen refit-halting --calibrate`)
     halt_head_hidden: int = 0  # 0: a linear head on each register's state; > 0: an MLP of this width on the
     #                            register's state next to the eps embedding (the head reads eps directly)
     condition_encoder: bool = True  # False: the encoder does not read eps (codes independent of eps); only the
     #                                 head does, so it needs halt_head_hidden > 0
+    halt_head: str = "classifier"  # "classifier": a logit per register from [state | eps embedding];
+    #                                "error_model": a distribution of each prefix's error, eps read at the end
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,10 +92,29 @@ class HaltingConfig(TokenizerConfig):
             raise ValueError(f"eps_bins={self.eps_bins!r} must be an integer >= 2 (bin centres at eps_min and eps_max)")
         if not 0.0 < self.halt_threshold < 1.0:
             raise ValueError(f"halt_threshold={self.halt_threshold!r} must be in (0, 1)")
+        if self.halt_thresholds is not None:
+            table = self.halt_thresholds
+            ok = isinstance(table, (list, tuple)) and len(table) >= 1 and all(
+                isinstance(row, (list, tuple)) and len(row) == 2 and all(isinstance(v, (int, float)) for v in row)
+                for row in table)
+            if ok:
+                eps, thr = [float(r[0]) for r in table], [float(r[1]) for r in table]
+                ok = (all(e > 0 for e in eps) and all(0 < t < 1 for t in thr)
+                      and all(a < b for a, b in zip(eps, eps[1:])) and all(a >= b for a, b in zip(thr, thr[1:])))
+            if not ok:
+                raise ValueError(f"halt_thresholds={table!r} must be [[eps, threshold], ...] with eps > 0 rising and "
+                                 f"thresholds in (0, 1) not rising (a lower eps never halts earlier)")
+            self.halt_thresholds = [[float(e), float(t)] for e, t in table]
         if not isinstance(self.halt_head_hidden, int) or self.halt_head_hidden < 0:
             raise ValueError(f"halt_head_hidden={self.halt_head_hidden!r} must be an integer >= 0 (0 = linear head)")
         if not isinstance(self.condition_encoder, bool):
             raise ValueError(f"condition_encoder={self.condition_encoder!r} must be true or false")
+        if self.halt_head not in HALT_HEADS:
+            raise ValueError(f"halt_head={self.halt_head!r} is not supported; use one of {HALT_HEADS}")
+        if self.halt_head == "error_model" and (self.condition_encoder or not self.halt_head_hidden):
+            raise ValueError("halt_head='error_model' models the error of codes that do not depend on eps: it needs "
+                             f"condition_encoder=false and halt_head_hidden > 0 (got condition_encoder="
+                             f"{self.condition_encoder!r}, halt_head_hidden={self.halt_head_hidden!r})")
         if not self.condition_encoder and not self.halt_head_hidden:
             raise ValueError("condition_encoder=false needs halt_head_hidden > 0: with an unconditioned encoder only "
                              "the head's MLP reads eps")
@@ -100,10 +131,13 @@ def reconstruction_error(recon: torch.Tensor, images: torch.Tensor, metric: str 
     raise ValueError(f"error metric {metric!r} is not supported; use one of {ERROR_METRICS}")
 
 
-def lengths_from_halting(halt_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+def lengths_from_halting(halt_logits: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     """halt_logits (B, K) -> lengths (B,) in 1..K: the first position i >= 1 whose halting probability exceeds
-    ``threshold`` (K when none does). Everything before it is kept, so the kept set is a prefix."""
+    ``threshold`` (a float, or one per image (B,)) (K when none does). Everything before it is kept, so the kept
+    set is a prefix."""
     B, K = halt_logits.shape
+    if isinstance(threshold, torch.Tensor) and threshold.dim() == 1:
+        threshold = threshold.to(halt_logits.device)[:, None]
     halted = torch.sigmoid(halt_logits.float()) > threshold
     halted[:, 0] = False  # at least one token
     positions = torch.arange(K, device=halt_logits.device).expand(B, K)
@@ -157,7 +191,10 @@ class HaltingTokenizer(Tokenizer1D):
         super().__init__(config)
         c = config
         self.eps_embed = nn.Embedding(c.eps_bins + 1, c.width)  # row 0: unconditioned
-        if c.halt_head_hidden:  # MLP on [register state | eps embedding]
+        if c.halt_head == "error_model":  # MLP on the mean register state -> (location, scale) for every prefix
+            self.halt_mlp = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, c.halt_head_hidden), nn.GELU())
+            self.halt_head = nn.Linear(c.halt_head_hidden, 2 * c.num_tokens)
+        elif c.halt_head_hidden:  # MLP on [register state | eps embedding]
             self.halt_mlp = nn.Sequential(nn.LayerNorm(2 * c.width), nn.Linear(2 * c.width, c.halt_head_hidden),
                                           nn.GELU())
             self.halt_head = nn.Linear(c.halt_head_hidden, 1)
@@ -205,6 +242,22 @@ class HaltingTokenizer(Tokenizer1D):
         pos = (torch.log(eps.double().clamp(c.eps_min, c.eps_max)) - math.log(c.eps_min)) / math.log(c.eps_max / c.eps_min)
         return (1 + pos.clamp(0, 1) * (c.eps_bins - 1)).float()
 
+    def threshold_at(self, target_error, batch_size: int) -> torch.Tensor:
+        """The halting threshold (B,) for a target error (float or (B,)): ``halt_thresholds`` interpolated linearly
+        in log eps (its end values outside its eps span), or ``halt_threshold`` when there is no table."""
+        c = self.config
+        eps = torch.as_tensor(target_error, dtype=torch.float64).flatten().expand(batch_size)
+        if not c.halt_thresholds:
+            return torch.full((batch_size,), c.halt_threshold, dtype=torch.float32)
+        table = torch.tensor(c.halt_thresholds, dtype=torch.float64)
+        x, y = table[:, 0].log(), table[:, 1]
+        le = eps.clamp(table[0, 0], table[-1, 0]).log()
+        hi = torch.searchsorted(x, le).clamp(1, max(len(x) - 1, 1))
+        lo = hi - 1 if len(x) > 1 else hi
+        span = (x[hi] - x[lo]).clamp_min(1e-12)
+        frac = ((le - x[lo]) / span).clamp(0, 1)
+        return (y[lo] + frac * (y[hi] - y[lo])).float()
+
     def condition_embedding(self, condition: torch.Tensor) -> torch.Tensor:
         """Condition coordinates (B,) (0 = unconditioned, else in [1, eps_bins]) -> (B, W): the linear
         interpolation of the two neighbouring rows of the embedding table."""
@@ -234,27 +287,53 @@ class HaltingTokenizer(Tokenizer1D):
             x = self.encoder(torch.cat([patches, registers], dim=1), self.enc_mask)
         return x[:, -self.num_tokens:], eps_token
 
-    def halting_logits(self, hidden: torch.Tensor, eps_token: torch.Tensor) -> torch.Tensor:
-        """The halting head: register states (B, K, W) and eps embedding (B, W) -> one logit per register (B, K)."""
+    def condition_log_eps(self, condition: torch.Tensor) -> torch.Tensor:
+        """Condition coordinates (B,) in [1, eps_bins] -> log eps (B,): the inverse of :meth:`condition_index`."""
+        c = self.config
+        if (condition < 1).any():
+            raise ValueError("the error-model halting head needs a target error; condition 0 (unconditioned) has none")
+        frac = (condition.double() - 1) / (c.eps_bins - 1)
+        return (math.log(c.eps_min) + frac * math.log(c.eps_max / c.eps_min)).float()
+
+    def error_model(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``halt_head="error_model"``: register states (B, K, W) -> (loc, scale) (B, K) of a logistic distribution
+        of log error(first i tokens) in column i (column 0 unused: a length is >= 1). Read from the registers'
+        mean: how well an image reconstructs is a property of the whole image, which one register's state alone
+        carries poorly."""
+        out = self.halt_head(self.halt_mlp(hidden.mean(dim=1))).float().view(hidden.shape[0], -1, 2)
+        return out[..., 0], F.softplus(out[..., 1]) + 1e-3
+
+    def halting_logits(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The halting head: register states (B, K, W) and condition coordinates (B,) -> one logit per register (B, K).
+
+        classifier: read from [state | eps embedding]. error_model: ``(log eps - loc) / scale``, so
+        ``sigmoid(logit)`` is the modelled probability that the prefix's error is <= eps; it rises with eps at
+        every register, so a lower eps never halts earlier."""
+        if self.config.halt_head == "error_model":
+            loc, scale = self.error_model(hidden)
+            return (self.condition_log_eps(condition)[:, None] - loc) / scale
         if self.halt_mlp is not None:
+            eps_token = self.condition_embedding(condition)
             hidden = self.halt_mlp(torch.cat([hidden, eps_token[:, None].expand_as(hidden)], dim=-1))
         return self.halt_head(hidden).squeeze(-1)
 
     def encode_hidden(self, images: torch.Tensor, condition: torch.Tensor | None = None):
         """images (B, C, H, W) in [-1, 1], condition (B,) coordinates (None or 0 = unconditioned)
         -> (register latents (B, K, token_dim), halting logits (B, K))."""
-        hidden, eps_token = self.encoder_states(images, condition)
-        return self.to_token(hidden), self.halting_logits(hidden, eps_token)
+        if condition is None:
+            condition = torch.zeros(images.shape[0], device=images.device)
+        hidden, _ = self.encoder_states(images, condition)
+        return self.to_token(hidden), self.halting_logits(hidden, condition)
 
     def encode_latents(self, images: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode_hidden(images, condition)[0]
+        return self.to_token(self.encoder_states(images, condition)[0])
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, target_error=None, clamp: bool = False, threshold: float | None = None):
         """Without ``target_error``: codes (B, K), unconditioned (like Tokenizer1D.encode).
 
         With ``target_error`` (float or (B,) tensor): one encoder pass -> (codes (B, K) with 0 past each length,
-        lengths (B,) int64 in 1..K). ``threshold`` overrides the config's halt_threshold."""
+        lengths (B,) int64 in 1..K). ``threshold`` overrides the config's halt_threshold / halt_thresholds."""
         if target_error is None:
             return self.quantize(self.encode_latents(images))[1]
         codes, lengths, _ = self.encode_adaptive(images, target_error, clamp, threshold)
@@ -263,10 +342,12 @@ class HaltingTokenizer(Tokenizer1D):
     @torch.no_grad()
     def encode_adaptive(self, images: torch.Tensor, target_error, clamp: bool = False, threshold: float | None = None):
         """-> (codes (B, K) zero-padded past each length, lengths (B,), z_q (B, K, token_dim) unpadded)."""
-        threshold = self.config.halt_threshold if threshold is None else threshold
-        if not 0.0 < threshold < 1.0:
+        if threshold is not None and not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold={threshold!r} must be in (0, 1)")
         condition = self.condition_index(target_error, images.shape[0], clamp)
+        if threshold is None:
+            threshold = self.threshold_at(torch.as_tensor(target_error, dtype=torch.float64).flatten().clamp(
+                self.config.eps_min, self.config.eps_max) if clamp else target_error, images.shape[0])
         latents, halt_logits = self.encode_hidden(images, condition)
         z_q, codes, _ = self.quantize(latents)
         lengths = lengths_from_halting(halt_logits, threshold)
@@ -301,15 +382,18 @@ def prefix_errors(tokenizer: Tokenizer1D, z_q: torch.Tensor, images: torch.Tenso
 
 
 def halting_from_tokenizer(tokenizer: Tokenizer1D, eps_min: float, eps_max: float, error_metric: str = "l1",
-                           halt_head_hidden: int = 128, eps_bins: int = 16, halt_threshold: float = 0.5) -> HaltingTokenizer:
+                           halt_head_hidden: int = 128, eps_bins: int = 16, halt_threshold: float = 0.5,
+                           halt_head: str = "error_model") -> HaltingTokenizer:
     """A halting tokenizer over a trained any-prefix tokenizer: its weights copied unchanged (encoder unconditioned,
-    ``condition_encoder=False``), plus a fresh eps embedding and halting head to fit (``refit_halting_head``)."""
+    ``condition_encoder=False``), plus a fresh eps embedding and halting head to fit (``refit_halting_head``);
+    ``halt_head`` is one of HALT_HEADS."""
     if type(tokenizer) is not Tokenizer1D:
         raise ValueError(f"halting_from_tokenizer needs a plain Tokenizer1D (a tokgen.lit.TokenizerModule checkpoint), "
                          f"got {type(tokenizer).__name__}")
     config = HaltingConfig.from_dict({**tokenizer.config.to_dict(), "error_metric": error_metric, "eps_min": eps_min,
                                       "eps_max": eps_max, "eps_bins": eps_bins, "halt_threshold": halt_threshold,
-                                      "halt_head_hidden": halt_head_hidden, "condition_encoder": False})
+                                      "halt_head_hidden": halt_head_hidden, "condition_encoder": False,
+                                      "halt_head": halt_head})
     halting = HaltingTokenizer(config).to(next(tokenizer.parameters()).device)
     missing, unexpected = halting.load_state_dict(tokenizer.state_dict(), strict=False)
     new = {k for k in missing if not k.startswith(("eps_embed", "halt_mlp", "halt_head"))}
