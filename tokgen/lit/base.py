@@ -48,7 +48,7 @@ class TrainingModule(L.LightningModule):
             raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
         self.ema_decay = ema_decay
         self.speed = speed
-        model = self.model_class(config)
+        model = self.model_class.class_for_config(config)(config)
         name = self.model_class.module_attr
         setattr(self, name, model)
         setattr(self, f"ema_{name}", copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None)
