@@ -112,7 +112,7 @@ class VideoTokenizerModule(TrainingModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def _eval_step(self, batch, batch_idx, stage: str) -> None:
+    def eval_step(self, batch, batch_idx, stage: str) -> None:
         model = self.eval_model()
         video = batch["video"]
         ids = batch.get("traj_ids") if model.needs_trajectories else None
@@ -128,12 +128,6 @@ class VideoTokenizerModule(TrainingModule):
         if batch_idx == 0:
             n = min(self.grid_clips, B)
             self._val_grid = torch.stack([video[:n], recon[:n]], 1).flatten(0, 1)  # (2n, T, C, H, W)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "test")
 
     def validation_grid(self):
         """Rows alternate original / reconstructed clips, columns are their frames."""

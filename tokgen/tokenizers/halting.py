@@ -148,14 +148,8 @@ class HaltingTokenizer(Tokenizer1D):
     hint = "train one with tokgen.lit.HaltingModule, e.g. configs/tokenizer/shapes_halting.yaml"
 
     def __init__(self, config: HaltingConfig | dict | None = None):
-        if config is None:
-            config = HaltingConfig()
-        elif isinstance(config, dict):
-            config = HaltingConfig.from_dict(config)
-        elif not isinstance(config, HaltingConfig):
-            raise ValueError(f"HaltingTokenizer needs a HaltingConfig (or a dict), got {type(config).__name__}")
-        super().__init__(config)
-        c = config
+        super().__init__(config)  # config -> HaltingConfig (TokgenModel.make_config, with config_class)
+        c = self.config
         self.eps_embed = nn.Embedding(c.eps_bins + 1, c.width)  # row 0: unconditioned
         if c.halt_head_hidden:  # MLP on [register state | eps embedding]
             self.halt_mlp = nn.Sequential(nn.LayerNorm(2 * c.width), nn.Linear(2 * c.width, c.halt_head_hidden),
