@@ -19,7 +19,7 @@ from tokgen.commands.sample_video import decode_clips
 from tokgen.data.tokens import load_token_shards, read_index
 from tokgen.data.video import VideoDataModule
 from tokgen.metrics import to_unit
-from tokgen.video import VideoTokenizer, VideoTokenizerConfig
+from tokgen.video import TrajectoryTokenizer, TrajectoryTokenizerConfig, VideoTokenizer
 from tokgen.video.io import count_frames
 
 FRAMES, SIZE, SLOTS = 4, 32, 8
@@ -31,10 +31,10 @@ EXTRACTION = {"max_trajectories": SLOTS}
 def save_video_tokenizer(path, quantizer=FSQ):
     """A video tokenizer checkpoint in the layout `tokgen fit` writes (random weights, see the module docstring)."""
     torch.manual_seed(0)
-    config = VideoTokenizerConfig.from_dict(dict(
+    config = TrajectoryTokenizerConfig.from_dict(dict(
         image_size=SIZE, num_frames=FRAMES, patch_size=8, width=32, num_heads=2, encoder_depth=1, decoder_depth=1,
         decoder_width=32, max_tokens=SLOTS, quantizer=quantizer))
-    model = VideoTokenizer(config)
+    model = TrajectoryTokenizer(config)
     torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in model.state_dict().items()},
                 "tokgen": {"kind": "video_tokenizer", "video_tokenizer_config": config.to_dict(),
                            "extraction": EXTRACTION}}, path)

@@ -10,7 +10,10 @@ def test_video_recipe_builds(recipe, tmp_path):
     module, dm = cli.model, cli.datamodule
     assert module.tokenizer.num_tokens == 8  # trajectory slots == space-time patches: equal token counts
     assert (dm.num_frames, dm.image_size) == (module.tokenizer_config.num_frames, module.tokenizer_config.image_size)
-    assert dm.trajectories == (module.tokenizer_config.kind == "trajectory")
+    assert dm.trajectories == module.tokenizer.needs_trajectories
+    kind = "patch" if "patch" in recipe else "trajectory"
+    assert type(module.tokenizer).__name__ == {"trajectory": "TrajectoryTokenizer", "patch": "PatchVideoTokenizer"}[kind]
+    assert module.tokenizer_config.kind == kind
 
 
 def test_mismatched_data_is_one_clear_error(tmp_path):

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from tokgen.data.video import MovingShapesDataset, TrajectoryDataset
-from tokgen.video import VideoTokenizer, VideoTokenizerConfig, evaluate_video_tokenizer
+from tokgen.video import (PatchVideoTokenizer, PatchVideoTokenizerConfig, TrajectoryTokenizer,
+                          TrajectoryTokenizerConfig, VideoTokenizer, VideoTokenizerConfig, evaluate_video_tokenizer)
 
 SMALL = dict(image_size=32, num_frames=4, patch_size=8, width=32, num_heads=2, encoder_depth=1, decoder_depth=1,
              decoder_width=32, max_tokens=6)
@@ -14,9 +15,11 @@ def make(kind="trajectory", **kw):
     torch.manual_seed(0)
     values = dict(SMALL, kind=kind, **kw)
     if kind == "patch":
-        values.pop("max_tokens")
+        for name in ("max_tokens", "patch_size", "decoder_width"):
+            values.pop(name)
         values.setdefault("tubelet", [2, 16, 16])
-    return VideoTokenizer(VideoTokenizerConfig.from_dict(values))
+        return PatchVideoTokenizer(PatchVideoTokenizerConfig.from_dict(values))
+    return TrajectoryTokenizer(TrajectoryTokenizerConfig.from_dict(values))
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +60,8 @@ def test_patch_baseline_shapes_and_token_count():
     video = torch.rand(2, 4, 3, 32, 32) * 2 - 1
     recon, extras = model(video)
     assert recon.shape == video.shape and extras["tokens"].shape == (2, 8, 16) and extras["token_mask"].all()
-    cfg = VideoTokenizerConfig(kind="patch", num_frames=16, image_size=64, tubelet=[4, 16, 16])
-    assert cfg.num_tokens == 64 and VideoTokenizerConfig(kind="patch", num_frames=32, image_size=64,
+    cfg = PatchVideoTokenizerConfig(num_frames=16, image_size=64, tubelet=[4, 16, 16])
+    assert cfg.num_tokens == 64 and PatchVideoTokenizerConfig(num_frames=32, image_size=64,
                                                          tubelet=[4, 16, 16]).num_tokens == 128
 
 
@@ -110,9 +113,38 @@ def test_resolution_or_length_not_trained_for_is_one_clear_error(batch):
 
 def test_bad_config_names_value():
     with pytest.raises(ValueError, match="tubelet"):
-        VideoTokenizerConfig(kind="patch", num_frames=8, tubelet=[3, 16, 16])
-    with pytest.raises(ValueError, match="kind='slots'"):
-        VideoTokenizerConfig(kind="slots")
+        PatchVideoTokenizerConfig(num_frames=8, tubelet=[3, 16, 16])
+    with pytest.raises(ValueError, match="kind='slots' is not supported; use one of"):
+        VideoTokenizerConfig.from_dict({"kind": "slots"})
+    with pytest.raises(ValueError, match="TrajectoryTokenizerConfig kind='patch': its kind is 'trajectory'"):
+        TrajectoryTokenizerConfig(kind="patch")
+    with pytest.raises(ValueError, match="patch_size=0 must be a positive int"):
+        TrajectoryTokenizerConfig(patch_size=0)
+    with pytest.raises(TypeError, match="build a TrajectoryTokenizerConfig or a PatchVideoTokenizerConfig"):
+        VideoTokenizerConfig()
+    with pytest.raises(TypeError, match="build a TrajectoryTokenizer or a PatchVideoTokenizer"):
+        VideoTokenizer(TrajectoryTokenizerConfig())
+
+
+def test_config_kind_picks_the_class():
+    """One dispatch: a saved config's kind picks the config and model class; a config saved before the split
+    (every field of both kinds) loads into its own kind's class."""
+    both = dict(SMALL, tubelet=[2, 16, 16])
+    traj = VideoTokenizerConfig.from_dict(dict(both, kind="trajectory"))
+    patch = VideoTokenizerConfig.from_dict(dict(both, kind="patch"))
+    assert type(traj) is TrajectoryTokenizerConfig and traj.max_tokens == 6 and not hasattr(traj, "tubelet")
+    assert type(patch) is PatchVideoTokenizerConfig and patch.tubelet == [2, 16, 16] and not hasattr(patch, "max_tokens")
+    assert type(VideoTokenizerConfig.from_dict({})) is TrajectoryTokenizerConfig  # no kind: the pre-split default
+    assert VideoTokenizer.class_for_config(traj) is TrajectoryTokenizer
+    assert VideoTokenizer.class_for_config(patch) is PatchVideoTokenizer
+    assert PatchVideoTokenizer.make_config(dict(both, kind="patch")) == patch
+    with pytest.raises(ValueError, match="a 'patch' video tokenizer config is not a TrajectoryTokenizerConfig; "
+                                         "load it with PatchVideoTokenizer"):
+        TrajectoryTokenizerConfig.from_dict(dict(both, kind="patch"))
+    with pytest.raises(ValueError, match="builds a PatchVideoTokenizer, not a TrajectoryTokenizer"):
+        TrajectoryTokenizer.class_for_config(patch)
+    with pytest.raises(ValueError, match=r"unknown video tokenizer config keys \['depth'\]"):
+        VideoTokenizerConfig.from_dict({"kind": "patch", "depth": 2})
 
 
 def test_trajectory_moments_of_a_square():
@@ -134,7 +166,7 @@ def test_trajectory_module_supervises_geometry_and_beats_the_mean_colour(batch):
     from tokgen.video import video_psnr
 
     torch.manual_seed(0)
-    module = VideoTokenizerModule(VideoTokenizerConfig.from_dict(dict(SMALL, kind="trajectory")), OptimConfig(lr=5e-3))
+    module = VideoTokenizerModule(TrajectoryTokenizerConfig.from_dict(SMALL), OptimConfig(lr=5e-3))
     loss, logs = module.compute_loss(module.tokenizer, batch)
     assert {"rec", "alpha_ce", "geometry"} <= set(logs) and torch.isfinite(loss)
     recon, extras = module.tokenizer(batch["video"], batch["traj_ids"])
@@ -156,4 +188,4 @@ def test_trajectory_module_supervises_geometry_and_beats_the_mean_colour(batch):
     mean_colour = video.mean(dim=(1, 3, 4), keepdim=True).expand_as(video)
     assert video_psnr(recon, video).mean() > video_psnr(mean_colour, video).mean() + 1.0
     with pytest.raises(ValueError, match="geometry_weight=-1"):
-        VideoTokenizerModule(VideoTokenizerConfig.from_dict(dict(SMALL, kind="trajectory")), geometry_weight=-1)
+        VideoTokenizerModule(TrajectoryTokenizerConfig.from_dict(SMALL), geometry_weight=-1)

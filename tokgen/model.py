@@ -29,7 +29,8 @@ META_KEY = "_tokgen"  # config.json entry that is not a config field: kind, clas
 
 
 class TokgenModel(nn.Module):
-    """Base of Tokenizer1D, HaltingTokenizer, FlowTokenizer, VideoTokenizer and GPT.
+    """Base of Tokenizer1D, HaltingTokenizer, FlowTokenizer, the video tokenizers (TrajectoryTokenizer and
+    PatchVideoTokenizer, under their common base VideoTokenizer) and GPT.
 
     Class attributes of a model class:
         config_class: the config dataclass (a :class:`tokgen.config.DictConfig`) its ``__init__`` takes.
@@ -79,6 +80,12 @@ class TokgenModel(nn.Module):
         found = TokgenModel.kinds.get(kind)
         return found if found is not None and issubclass(found, cls) else cls
 
+    @classmethod
+    def class_for_config(cls, config: DictConfig) -> type["TokgenModel"]:
+        """The class that builds a model from ``config``: ``cls`` itself, unless a family of classes shares one
+        checkpoint kind and the config names the member (the video tokenizers)."""
+        return cls
+
     def check_loaded(self) -> None:
         """Called once the weights are in: fail early on what the model needs from outside its files (e.g. a
         frozen VAE at its configured path). Nothing by default."""
@@ -104,7 +111,8 @@ class TokgenModel(nn.Module):
             hint = f"load it with {owner.__name__}.from_checkpoint" if owner not in (None, cls) else cls.hint
             raise ValueError(f"checkpoint {path} is not a {cls.description} checkpoint (kind={kind or 'unknown'!r}, "
                              f"no {cls.config_key!r}); {hint}")
-        model = cls(cls.config_class.from_dict(meta[cls.config_key]))
+        config = cls.config_class.from_dict(meta[cls.config_key])
+        model = cls.class_for_config(config)(config)
         load_module_weights(model, ckpt, cls.module_attr, path, use_ema)
         model.restore_metadata(meta, path)
         model.check_loaded()
@@ -170,9 +178,11 @@ class TokgenModel(nn.Module):
             use = f"load it with {owner.__name__}.from_pretrained" if owner else "it was written by another program"
             raise ValueError(f"{cls.__name__}.from_pretrained: {path} holds a {kind!r} model, not a {cls.kind!r} "
                              f"one; {use}")
-        model = cls(cls.config_class.from_dict(config))
-        state = read_safetensors(weights_file, f"{cls.__name__} weights")[0]
-        load_state_strict(model, state, f"{cls.__name__} weights {weights_file}")
+        config = cls.config_class.from_dict(config)
+        model = cls.class_for_config(config)(config)
+        name = type(model).__name__
+        state = read_safetensors(weights_file, f"{name} weights")[0]
+        load_state_strict(model, state, f"{name} weights {weights_file}")
         model.restore_metadata(meta, path)
         model.check_loaded()
         return model.to(map_location).eval()

@@ -74,7 +74,7 @@ def run_video(args, state) -> dict:
     model = GPT.from_checkpoint(args.generator, use_ema=not args.no_ema).to(device)
     check_generator_tokenizer(model, tokenizer, args.tokenizer, args.generator)
     c = model.config
-    slots = "max_tokens" if tokenizer.config.kind == "trajectory" else "K"
+    slots = "max_tokens" if tokenizer.needs_trajectories else "K"
     budgets = resolve_budgets(args, tokenizer.num_tokens, c.block_size, f"the video tokenizer's {slots}")
     classes = resolve_classes(args, c.num_classes)
     check_generator_options(args, c)

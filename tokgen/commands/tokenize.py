@@ -122,7 +122,7 @@ def _video_setup(args: argparse.Namespace, device: torch.device):
                          f"tokenizer (its token count is the number of trajectories): drop them")
     tokenizer = VideoTokenizer.from_checkpoint(args.ckpt, use_ema=not args.no_ema).to(device)
     c = tokenizer.config
-    trajectory = c.kind == "trajectory"
+    trajectory = tokenizer.needs_trajectories
     fixed = {"num_frames": c.num_frames, "trajectories": trajectory}
     if trajectory:
         fixed["extraction"] = tokenizer.extraction_settings()

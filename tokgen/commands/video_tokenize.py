@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
         ids = torch.from_numpy(traj.ids.astype(np.int64))[None]
         with torch.no_grad():
-            z_q, codes, token_mask, _ = model.encode(video, ids if model.config.kind == "trajectory" else None)
+            z_q, codes, token_mask, _ = model.encode(video, ids if model.needs_trajectories else None)
             recon, _ = model.decode(z_q, token_mask)
         result["tokens"] = int(token_mask.sum())
         result["token_dim"] = int(z_q.shape[-1])
@@ -133,8 +133,9 @@ def eval_main(argv: list[str] | None = None) -> dict:
     c = model.config
     K = model.num_tokens
     budgets = parse_budgets(args.budgets, K)
-    fixed = {"num_frames": c.num_frames, "trajectories": c.kind == "trajectory",
-             "extraction": model.extraction_settings()}
+    fixed = {"num_frames": c.num_frames, "trajectories": model.needs_trajectories}
+    if model.needs_trajectories:
+        fixed["extraction"] = model.extraction_settings()
     named = {"val_size": args.num_clips}
     spec = resolve_data_spec(args.data, c.image_size, c.channels, video=fixed, expected_by="video tokenizer",
                              named_args={"moving_shapes": named, "folder": named})

@@ -34,7 +34,33 @@ def reflect(p: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np
     return lo + np.where(u <= span, u, 2 * span - u)
 
 
-class MovingShapesDataset(Dataset):
+class RenderedClips(Dataset):
+    """Base of the synthetic clip datasets: ``num_clips`` clips, clip ``index`` drawn by ``render(index)`` ->
+    (video (T, H, W, 3) float in [0, 1] or uint8, tracks (T, H, W) int, number of objects), returned as the
+    item ``{"video": (T, 3, H, W) in [-1, 1], "tracks": int64, "num_shapes": int64}``."""
+
+    num_clips: int
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.num_clips:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of {self.num_clips} clips")
+        video, tracks, n = self.render(index)
+        video = torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2)))  # (T, 3, H, W)
+        if video.dtype == torch.uint8:
+            video = video.float().div_(127.5).sub_(1.0)
+        else:
+            video = (video * 2 - 1).clamp_(-1, 1)
+        return {"video": video, "tracks": torch.from_numpy(tracks.astype(np.int64)),
+                "num_shapes": torch.tensor(n, dtype=torch.int64)}
+
+
+class MovingShapesDataset(RenderedClips):
     """Synthetic clips of ``min_shapes..max_shapes`` moving shapes with ground-truth tracks.
 
     Each shape (circle, square or triangle; flat saturated colour) moves at a constant velocity, bouncing
@@ -107,20 +133,6 @@ class MovingShapesDataset(Dataset):
         fine = image_size * self.supersample
         self._fine = (np.arange(fine, dtype=np.float32) + 0.5) / fine  # fine pixel centres in [0, 1]
         self._coarse = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
-
-    def __len__(self) -> int:
-        return self.num_clips
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < self.num_clips:
-            raise IndexError(f"index {index} out of range for MovingShapesDataset of {self.num_clips} clips")
-        video, tracks, n = self.render(index)
-        video = torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2)))  # (T, 3, H, W)
-        return {
-            "video": (video * 2 - 1).clamp_(-1, 1),
-            "tracks": torch.from_numpy(tracks.astype(np.int64)),
-            "num_shapes": torch.tensor(n, dtype=torch.int64),
-        }
 
     # ------------------------------------------------------------------------------------------------
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -17,11 +17,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from .base import check_int
-from .moving_shapes import reflect
+from .moving_shapes import RenderedClips, reflect
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "hubble_deep_field")
 VIEW = (0.45, 0.75)  # crop window side, as a fraction of the photo's shorter side
@@ -37,7 +35,7 @@ def _load_photos() -> list[np.ndarray]:
     return [np.asarray(getattr(skimage.data, name)(), dtype=np.uint8) for name in PHOTOS]
 
 
-class PhotoMoversDataset(Dataset):
+class PhotoMoversDataset(RenderedClips):
     """Camera motion over ``skimage.data`` photos with ``min_movers..max_movers`` sprites (see the module
     docstring).
 
@@ -70,17 +68,6 @@ class PhotoMoversDataset(Dataset):
         self.enter_fraction, self.camera = float(enter_fraction), bool(camera)
         self.seed = check_int("seed", seed, minimum=0)
         self._photos: list[np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return self.num_clips
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < self.num_clips:
-            raise IndexError(f"index {index} out of range for PhotoMoversDataset of {self.num_clips} clips")
-        video, tracks, n = self.render(index)
-        video = torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2))).float().div_(127.5).sub_(1.0)
-        return {"video": video, "tracks": torch.from_numpy(tracks.astype(np.int64)),
-                "num_shapes": torch.tensor(n, dtype=torch.int64)}
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Clip ``index``: (video (T, H, W, 3) uint8, tracks (T, H, W) int, number of sprites)."""

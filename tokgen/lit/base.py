@@ -4,7 +4,8 @@ grid, and the ``checkpoint["tokgen"]`` metadata that :meth:`tokgen.model.TokgenM
 
 A subclass names its model class (``model_class``: the model is built from the config once, and held under the
 model's ``module_attr``, e.g. ``self.tokenizer`` / ``self.ema_tokenizer``, so checkpoint keys stay
-``tokenizer.*`` / ``ema_tokenizer.*``) and keeps only its own loss, steps, validation metrics and metadata.
+``tokenizer.*`` / ``ema_tokenizer.*``) and keeps only its own loss, steps, validation metrics
+(:meth:`TrainingModule.eval_step`, for validation and test alike) and metadata.
 
 The EMA follows the model's optimizer steps: automatic optimization calls :meth:`TrainingModule.after_model_step`
 from ``optimizer_step`` (before checkpoint callbacks run, so a saved EMA holds every finished step); a module with
@@ -48,7 +49,7 @@ class TrainingModule(L.LightningModule):
             raise ValueError(f"ema_decay={ema_decay} must be in [0, 1)")
         self.ema_decay = ema_decay
         self.speed = speed
-        model = self.model_class(config)
+        model = self.model_class.class_for_config(config)(config)
         name = self.model_class.module_attr
         setattr(self, name, model)
         setattr(self, f"ema_{name}", copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None)
@@ -132,7 +133,17 @@ class TrainingModule(L.LightningModule):
         if self.ema_model is not None:
             ema_update(self.ema_model, self.trained_model, self.ema_decay, self.optimizer_steps)
 
-    # ------------------------------------------------------------------ validation grid
+    # ------------------------------------------------------------------ validation and test
+    def eval_step(self, batch, batch_idx, stage: str) -> None:
+        """Log the metrics of one batch under ``stage`` ("val" or "test"): validation and test score alike."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx):
+        self.eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.eval_step(batch, batch_idx, "test")
+
     def validation_grid(self) -> tuple[torch.Tensor, int] | None:
         """(images (N, C, H, W) in [0, 1], images per row) to save after a validation, or None (no grid)."""
         return None

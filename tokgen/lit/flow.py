@@ -163,10 +163,10 @@ class FlowModule(TokenizerModule):
         return loss.detach()
 
     # ------------------------------------------------------------------ validation
-    def _eval_step(self, batch, batch_idx, stage: str):
+    def eval_step(self, batch, batch_idx, stage: str):
         model = self.eval_model()
         with model.sampling_options(steps=self.val_steps, cfg=self.val_cfg, seed=self.val_seed):
-            super()._eval_step(batch, batch_idx, stage)  # PSNR per budget and the grid, from sampled images
+            super().eval_step(batch, batch_idx, stage)  # PSNR per budget and the grid, from sampled images
         images = batch["image"]
         x = model.to_space(images)
         z_q = model.quantize(model.encode_registers(x))[0]

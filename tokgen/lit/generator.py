@@ -111,17 +111,11 @@ class GeneratorModule(TrainingModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], prog_bar=False)
 
-    def validation_step(self, batch, batch_idx):
+    def eval_step(self, batch, batch_idx, stage: str) -> None:
         loss, acc = self.loss(self.eval_model(), batch)
         n = batch["codes"].shape[0]
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
-        self.log("val/acc", acc, sync_dist=True, batch_size=n)
-
-    def test_step(self, batch, batch_idx):
-        loss, acc = self.loss(self.eval_model(), batch)
-        n = batch["codes"].shape[0]
-        self.log("test/loss", loss, sync_dist=True, batch_size=n)
-        self.log("test/acc", acc, sync_dist=True, batch_size=n)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=n)
+        self.log(f"{stage}/acc", acc, sync_dist=True, batch_size=n)
 
     # ------------------------------------------------------------------ sample grid
     def validation_grid(self):

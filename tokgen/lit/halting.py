@@ -114,8 +114,8 @@ class HaltingModule(TokenizerModule):
         return loss.detach()
 
     # ------------------------------------------------------------------ validation
-    def _eval_step(self, batch, batch_idx, stage: str):
-        super()._eval_step(batch, batch_idx, stage)
+    def eval_step(self, batch, batch_idx, stage: str):
+        super().eval_step(batch, batch_idx, stage)
         images = batch["image"]
         model = self.eval_model()
         n = images.shape[0]

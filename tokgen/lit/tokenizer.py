@@ -224,7 +224,7 @@ class TokenizerModule(TrainingModule):
         return loss.detach()
 
     # ------------------------------------------------------------------ validation
-    def _eval_step(self, batch, batch_idx, stage: str):
+    def eval_step(self, batch, batch_idx, stage: str):
         images = batch["image"]
         model = self.eval_model()
         z_q, codes, _ = model.quantize(model.encode_latents(images))
@@ -240,12 +240,6 @@ class TokenizerModule(TrainingModule):
                 self.log(f"{stage}/{name}", float(v), sync_dist=True, batch_size=images.shape[0])
         if batch_idx == 0:
             self._val_grid = torch.cat(rows)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "test")
 
     def validation_grid(self):
         """Rows: the original images, then their reconstructions at k = val_budgets[0], ..., K (coarse to fine)."""

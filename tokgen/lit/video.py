@@ -1,4 +1,6 @@
-"""LightningModule that trains a video tokenizer (trajectory tokens or the space-time patch baseline).
+"""LightningModule that trains a video tokenizer (trajectory tokens or the space-time patch baseline): the recipe's
+``tokenizer`` config, a TrajectoryTokenizerConfig or a PatchVideoTokenizerConfig (told apart by its ``kind``),
+builds the tokenizer class of that kind.
 
 Loss: pixel MSE of the composited clip, plus for trajectory tokens a cross-entropy that makes the decoder's
 alpha softmax over tokens reproduce the extracted trajectory masks (``alpha_weight``) and an L1 loss between
@@ -15,8 +17,10 @@ import torch.nn.functional as F
 
 from ..metrics import to_unit
 from ..video.metrics import video_psnr, video_ssim
-from ..video.tokenizer import VideoTokenizer, VideoTokenizerConfig
 from ..video.geometry import trajectory_moments
+from ..video.patch_tokenizer import PatchVideoTokenizerConfig
+from ..video.tokenizer import VideoTokenizer
+from ..video.trajectory_tokenizer import TrajectoryTokenizerConfig
 from .base import TrainingModule
 from .tokenizer import OptimConfig
 
@@ -26,7 +30,7 @@ class VideoTokenizerModule(TrainingModule):
 
     def __init__(
         self,
-        tokenizer: VideoTokenizerConfig | None = None,
+        tokenizer: TrajectoryTokenizerConfig | PatchVideoTokenizerConfig | None = None,
         optim: OptimConfig | None = None,
         alpha_weight: float = 0.1,
         geometry_weight: float = 0.1,
@@ -36,7 +40,7 @@ class VideoTokenizerModule(TrainingModule):
     ):
         """
         Args:
-            tokenizer: architecture (``kind: trajectory`` or ``kind: patch``).
+            tokenizer: architecture (``kind: trajectory`` or ``kind: patch``; default: a trajectory tokenizer).
             optim: AdamW + warm-up cosine schedule.
             alpha_weight: weight of the mask cross-entropy on the alpha logits (trajectory tokens only).
             geometry_weight: weight of the L1 loss on the decoded per-frame mask moments (trajectory tokens only).
@@ -45,7 +49,7 @@ class VideoTokenizerModule(TrainingModule):
             grid_clips: clips shown in the validation PNG.
         """
         super().__init__()
-        self.tokenizer_config = tokenizer or VideoTokenizerConfig()
+        self.tokenizer_config = tokenizer or TrajectoryTokenizerConfig()
         self.optim_config = optim or OptimConfig()
         for name, value in (("alpha_weight", alpha_weight), ("geometry_weight", geometry_weight)):
             if value < 0:
@@ -54,7 +58,7 @@ class VideoTokenizerModule(TrainingModule):
         self.grid_clips = grid_clips
         self.build_model(self.tokenizer_config, ema_decay)  # self.tokenizer, ema_tokenizer; plain AdamW
         K = self.tokenizer.num_tokens
-        if self.tokenizer_config.kind == "trajectory":
+        if self.tokenizer.needs_trajectories:  # prefixes of the trajectories decode; the baseline only at K
             default = sorted({min(2**i, K) for i in range(K.bit_length() + 1)})
             self.val_budgets = sorted(set(val_budgets or default))
         else:
@@ -74,7 +78,7 @@ class VideoTokenizerModule(TrainingModule):
             if got is not None and got != want:
                 raise ValueError(f"data {name}={got} does not match the video tokenizer's {name}={want}; "
                                  f"set data.init_args.{name}: {want} or model.tokenizer.{name}: {got}")
-        if c.kind == "trajectory":
+        if self.tokenizer.needs_trajectories:
             if not getattr(dm, "trajectories", True):
                 raise ValueError("the trajectory tokenizer needs data.init_args.trajectories: true")
             max_traj = (getattr(dm, "extraction", None) or {}).get("max_trajectories")
@@ -84,7 +88,7 @@ class VideoTokenizerModule(TrainingModule):
 
     def compute_loss(self, model: VideoTokenizer, batch: dict) -> tuple[torch.Tensor, dict]:
         video = batch["video"]
-        ids = batch.get("traj_ids") if model.config.kind == "trajectory" else None
+        ids = batch.get("traj_ids") if model.needs_trajectories else None
         recon, extras = model(video, ids)
         rec = F.mse_loss(recon, video)
         loss = rec + sum(extras["aux"].values(), torch.zeros((), device=video.device))
@@ -108,10 +112,10 @@ class VideoTokenizerModule(TrainingModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def _eval_step(self, batch, batch_idx, stage: str) -> None:
+    def eval_step(self, batch, batch_idx, stage: str) -> None:
         model = self.eval_model()
         video = batch["video"]
-        ids = batch.get("traj_ids") if model.config.kind == "trajectory" else None
+        ids = batch.get("traj_ids") if model.needs_trajectories else None
         z_q, _, token_mask, _ = model.encode(video, ids)
         B, K = token_mask.shape
         for k in self.val_budgets:
@@ -124,12 +128,6 @@ class VideoTokenizerModule(TrainingModule):
         if batch_idx == 0:
             n = min(self.grid_clips, B)
             self._val_grid = torch.stack([video[:n], recon[:n]], 1).flatten(0, 1)  # (2n, T, C, H, W)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "test")
 
     def validation_grid(self):
         """Rows alternate original / reconstructed clips, columns are their frames."""

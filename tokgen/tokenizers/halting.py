@@ -182,14 +182,8 @@ class HaltingTokenizer(Tokenizer1D):
     hint = "train one with tokgen.lit.HaltingModule, e.g. configs/tokenizer/shapes_halting.yaml"
 
     def __init__(self, config: HaltingConfig | dict | None = None):
-        if config is None:
-            config = HaltingConfig()
-        elif isinstance(config, dict):
-            config = HaltingConfig.from_dict(config)
-        elif not isinstance(config, HaltingConfig):
-            raise ValueError(f"HaltingTokenizer needs a HaltingConfig (or a dict), got {type(config).__name__}")
-        super().__init__(config)
-        c = config
+        super().__init__(config)  # config -> HaltingConfig (TokgenModel.make_config, with config_class)
+        c = self.config
         self.eps_embed = nn.Embedding(c.eps_bins + 1, c.width)  # row 0: unconditioned
         if c.halt_head == "error_model":  # MLP on the mean register state -> (location, scale) for every prefix
             self.halt_mlp = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, c.halt_head_hidden), nn.GELU())

@@ -31,8 +31,8 @@ def video_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_video_tokenizer(model, loader, budgets: list[int] | None = None, limit: int | None = None,
                              metrics: tuple[str, ...] = ("psnr", "ssim")) -> dict:
-    """Score a :class:`tokgen.video.VideoTokenizer` on ``loader`` (dicts with "video" and, for trajectory
-    tokenizers, "traj_ids").
+    """Score a :class:`tokgen.video.VideoTokenizer` on ``loader`` (dicts with "video" and, for tokenizers that
+    ``needs_trajectories``, "traj_ids").
 
     For trajectory tokens, budget k decodes the first k trajectories of each clip (largest first; a clip
     with fewer trajectories uses all of them), so the table reads "quality vs number of tokens"; the patch
@@ -41,7 +41,7 @@ def evaluate_video_tokenizer(model, loader, budgets: list[int] | None = None, li
     """
     model.eval()
     K = model.num_tokens
-    trajectory = model.config.kind == "trajectory"
+    trajectory = model.needs_trajectories
     budgets = sorted(set(budgets or [K])) if trajectory else [K]
     bad = [k for k in budgets if not 1 <= k <= K]
     if bad:
