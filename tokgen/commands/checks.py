@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by check_device itself: commands that take no device start without it
+    import torch
 
 
 def _nearest_existing(path: str) -> str:
@@ -57,6 +59,8 @@ def check_output_path(flag: str, path: str, folder: bool = False, suffixes: tupl
 
 def check_device(flag: str, text: str) -> torch.device:
     """``text`` (``cpu``, ``cuda``, ``cuda:N``) -> torch.device, refusing a GPU that this machine does not have."""
+    import torch
+
     try:
         device = torch.device(text)
     except (RuntimeError, TypeError):

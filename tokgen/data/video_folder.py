@@ -7,9 +7,8 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from ..video.io import READ_EXTENSIONS as VIDEO_EXTENSIONS
 from .base import check_int
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 
 
 def find_videos(root: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[str]:

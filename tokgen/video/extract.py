@@ -36,16 +36,15 @@ trajectory, the next frame with content starts new ones (as a cut does), and a w
 """
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ..config import DictConfig
-from .geometry import trajectory_boxes
 from .movers import camera_motion, detect_movers
 from .segment import MaskSource, SuperpixelSegmenter, region_means, resize_nearest, rgb_to_lab
 
@@ -131,12 +130,20 @@ class Trajectories:
     @property
     def presence(self) -> np.ndarray:
         """(N, T) bool: the trajectory has pixels in frame t."""
-        return trajectory_boxes(torch.from_numpy(self.ids.astype(np.int64))[None], self.num)[1][0].numpy()
+        return self._boxes()[1][0].numpy()
 
     @property
     def boxes(self) -> np.ndarray:
         """(N, T, 4) float boxes (x0, y0, x1, y1) in [0, 1] of the image; zeros where absent."""
-        return trajectory_boxes(torch.from_numpy(self.ids.astype(np.int64))[None], self.num)[0][0].numpy()
+        return self._boxes()[0][0].numpy()
+
+    def _boxes(self):
+        """:func:`tokgen.video.geometry.trajectory_boxes` of the id map (torch is imported here, not by extraction)."""
+        import torch
+
+        from .geometry import trajectory_boxes
+
+        return trajectory_boxes(torch.from_numpy(self.ids.astype(np.int64))[None], self.num)
 
     @classmethod
     def from_id_map(cls, id_map: np.ndarray, max_trajectories: int | None = None, min_area: float = 0.0):
@@ -149,8 +156,10 @@ class Trajectories:
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def _as_uint8_frames(video) -> np.ndarray:
-    """Accept (T, H, W, 3) uint8 or (T, 3, H, W) float in [-1, 1] -> (T, H, W, 3) uint8, with a clear error."""
-    if isinstance(video, torch.Tensor):
+    """Accept (T, H, W, 3) uint8 or (T, 3, H, W) float in [-1, 1] -> (T, H, W, 3) uint8, with a clear error.
+    (A tensor can only come from a caller that imported torch, so torch is looked up, not imported, here.)"""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(video, torch.Tensor):
         if video.ndim != 4 or video.shape[1] != 3:
             raise ValueError(f"a video tensor must be (T, 3, H, W) in [-1, 1], got shape {tuple(video.shape)}")
         video = ((video.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

@@ -1,19 +1,21 @@
 """Reading and writing video files (PyAV), with one clear error per bad input.
 
 Frames at the edges are uint8 ``(T, H, W, 3)`` RGB numpy arrays; models see float ``(T, 3, H, W)`` in [-1, 1].
+torch is imported only where a tensor is made (resizing, model outputs), so reading, extracting and writing a clip
+at its own size runs without it.
 """
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..images import to_uint8
-from ..weights import error_summary
+if TYPE_CHECKING:
+    import torch
 
 WRITE_EXTENSIONS = (".gif", ".mp4")
+READ_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")  # what a video folder is scanned for (any case)
 
 
 def _open(path: str):
@@ -24,6 +26,8 @@ def _open(path: str):
     try:
         container = av.open(path)
     except Exception as err:  # av.error.InvalidDataError and friends
+        from ..weights import error_summary
+
         raise ValueError(f"video {path!r} is unreadable ({error_summary(err, 160)}); "
                          "expected a video file PyAV/FFmpeg can decode (.mp4, .avi, .mov, .mkv, .webm, .gif)") from None
     if not container.streams.video:  # e.g. an MP4 written without any frame keeps no video track
@@ -65,7 +69,13 @@ def read_video(path: str, max_frames: int | None = None) -> np.ndarray:
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8: shorter side to ``size`` (antialiased), centre crop."""
+    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8: shorter side to ``size`` (antialiased), centre crop.
+    Frames already ``size`` x ``size`` are returned as they are (what the resize would give)."""
+    if frames.shape[1:3] == (size, size):
+        return np.ascontiguousarray(frames)
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     H, W = x.shape[-2:]
     scale = size / min(H, W)
@@ -97,6 +107,10 @@ def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
     """(T, 3, H, W) float in [-1, 1] (or already uint8 (T, H, W, 3)) -> (T, H, W, 3) uint8 (rounded)."""
     if isinstance(video, np.ndarray) and video.dtype == np.uint8:
         return video
+    import torch
+
+    from ..images import to_uint8
+
     v = torch.as_tensor(video).detach().float().cpu()
     return to_uint8(v).permute(0, 2, 3, 1).numpy()
 
