@@ -117,11 +117,13 @@ def main(argv=None) -> dict:
             "spearman_vs_edge_density": r["spearman_length_vs_edge_density"],
         } for r in report["results"]],
         "monotone_mean_tokens": report["monotone_mean_tokens"],
+        "monotone_images": report["monotone_images"],
     }
     out = {
         "benchmark": "halting", "min_met": args.min_met, "checkpoint": os.path.abspath(args.ckpt), "split": args.split,
         "num_images": report["num_images"], "num_tokens": report["num_tokens"], "error_metric": report["error_metric"],
-        "trained_range": report["trained_range"], "halt_threshold": report["halt_threshold"], "data": args.data,
+        "trained_range": report["trained_range"], "halt_threshold": report["halt_threshold"],
+        "halt_thresholds": report["halt_thresholds"], "data": args.data,
         "calibration": calibration,
         "eval_seconds": seconds, "threads": args.threads, "device": args.device, "checks": checks,
         "results": [{k: v for k, v in r.items()} for r in report["results"]],

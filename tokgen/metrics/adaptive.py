@@ -107,6 +107,8 @@ def evaluate_adaptive(
             row["spearman_length_vs_num_shapes"] = spearman(lengths, torch.cat(shapes).float())
         results.append(row)
     means = [r["mean_tokens"] for r in sorted(results, key=lambda r: r["eps"])]
+    by_eps = torch.stack([columns[e]["length"] for e in sorted(columns)])  # (E, N), rising eps
+    monotone_images = (by_eps[:-1] >= by_eps[1:]).all(0).float().mean().item()  # per image, not only on average
     return {
         "mode": "adaptive",
         "num_images": len(data),
@@ -116,6 +118,7 @@ def evaluate_adaptive(
         "halt_threshold": tokenizer.config.halt_threshold if threshold is None else threshold,
         "halt_thresholds": tokenizer.config.halt_thresholds if threshold is None else None,  # per eps, when set
         "monotone_mean_tokens": all(a >= b for a, b in zip(means, means[1:])),  # lower eps never fewer tokens
+        "monotone_images": monotone_images,  # the fraction of images whose own length never falls as eps falls
         "results": results,
         "_columns": columns,  # per-image tensors for callers (dropped by write_adaptive_report)
     }
