@@ -52,12 +52,13 @@ def halting_identity(tokenizer, target_error: float | None = None, threshold: fl
 
 
 def _code_space(quantizer: dict | None) -> dict | None:
-    """The quantizer settings that define what a code means (kind and FSQ levels); other settings may be
-    added to the config over time without changing the codes."""
+    """The quantizer settings that define what a code means (kind, FSQ levels and codes per token); other
+    settings may be added to the config over time without changing the codes."""
     if not quantizer:
         return None
     levels = quantizer.get("levels")
-    return {"kind": quantizer.get("kind"), "levels": [int(v) for v in levels] if levels else None}
+    return {"kind": quantizer.get("kind"), "levels": [int(v) for v in levels] if levels else None,
+            "groups": int(quantizer.get("groups") or 1)}
 
 
 def check_generator_tokenizer(generator, tokenizer, tokenizer_path: str = "the tokenizer", generator_path: str = "the generator") -> None:
