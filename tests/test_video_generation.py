@@ -26,8 +26,8 @@ from tokgen.video import VideoTokenizer, VideoTokenizerConfig
 from tokgen.video.io import count_frames
 
 FRAMES, SIZE, SLOTS, GROUPS = 4, 32, 8, 4
-# the codes of configs/video/moving_shapes_fsq_tiny.yaml: 4 FSQ codes per trajectory, 1000 entries each
-FSQ = {"kind": "fsq", "levels": [8, 5, 5, 5], "dim": 4, "groups": GROUPS}
+# the codes of configs/video/moving_shapes_fsq_tiny.yaml: 4 FSQ codes per trajectory, 4096 entries each
+FSQ = {"kind": "fsq", "levels": [8, 8, 8, 8], "dim": 4, "groups": GROUPS}
 GEN_RECIPE = os.path.join(ROOT, "configs/generator/moving_shapes_traj_tiny.yaml")
 EXTRACTION = {"max_trajectories": SLOTS}
 
@@ -74,7 +74,7 @@ def test_tokenize_writes_one_length_per_clip(pipeline):
     tok, shards, _ = pipeline
     index = read_index(shards)
     assert index["complete"] and [s["num_examples"] for s in index["shards"]] == [8, 8, 4]
-    assert (index["num_tokens"], index["codebook_size"], index["num_classes"]) == (SLOTS * GROUPS, 1000, 0)
+    assert (index["num_tokens"], index["codebook_size"], index["num_classes"]) == (SLOTS * GROUPS, 4096, 0)
     assert index["codes_per_token"] == GROUPS
     assert index["data"]["init_args"] == {"dataset": "moving_shapes", "image_size": SIZE, "num_frames": FRAMES,
                                           "trajectories": True, "extraction": EXTRACTION}
@@ -171,7 +171,7 @@ def test_recipes_fit_together(tmp_path):
     video = build_on_meta("configs/video/moving_shapes_fsq_tiny.yaml", tmp_path).model.tokenizer
     continuous = build_on_meta("configs/video/moving_shapes_tiny.yaml", tmp_path).model.tokenizer
     gen = build_on_meta("configs/generator/moving_shapes_traj_tiny.yaml", tmp_path).model.generator_config
-    assert video.quantizer.codebook_size == gen.vocab_size == 1000 and video.quantizer.codes_per_token == 4
+    assert video.quantizer.codebook_size == gen.vocab_size == 4096 and video.quantizer.codes_per_token == 4
     assert video.num_tokens * 4 == gen.block_size == 32 and gen.use_eos and gen.num_classes == 0
     assert video.quantizer.dim == continuous.quantizer.dim == 16
 
