@@ -57,8 +57,9 @@ def _code_space(quantizer: dict | None) -> dict | None:
     if not quantizer:
         return None
     levels = quantizer.get("levels")
-    return {"kind": quantizer.get("kind"), "levels": [int(v) for v in levels] if levels else None,
-            "groups": int(quantizer.get("groups") or 1)}
+    space = {"kind": quantizer.get("kind"), "levels": [int(v) for v in levels] if levels else None}
+    groups = int(quantizer.get("groups") or 1)
+    return {**space, "groups": groups} if groups > 1 else space
 
 
 def check_generator_tokenizer(generator, tokenizer, tokenizer_path: str = "the tokenizer", generator_path: str = "the generator") -> None:
