@@ -222,6 +222,27 @@ def test_rows_end_independently_and_match_rows_generated_alone(cfg, factors, use
         assert (codes[i, lengths[i]:] == 0).all()
 
 
+@pytest.mark.parametrize("use_cache,slots", [(True, None), (False, None), (True, 3)])
+def test_eos_only_after_whole_groups_of_codes(use_cache, slots):
+    """eos_every=G (G codes per trajectory): with EOS made likely, every length is a multiple of G (at least G),
+    the same rows with eos_every=1 stop at other lengths, and codes past a length are 0."""
+    model = tiny(use_eos=True)
+    with torch.no_grad():
+        model.head.weight[-1] *= 0
+        model.head.weight[-1] += 0.35
+    labels = torch.arange(16) % 4
+    uniforms = torch.rand(16, 12, generator=torch.Generator().manual_seed(2))
+    _, free = generate(model, labels, 12, stop_at_eos=True, uniforms=uniforms, use_cache=use_cache, slots=slots)
+    assert (free % 3 != 0).any()  # without the rule EOS also falls inside groups
+    codes, lengths = generate(model, labels, 12, stop_at_eos=True, eos_every=3, uniforms=uniforms,
+                              use_cache=use_cache, slots=slots)
+    assert (lengths % 3 == 0).all() and (lengths >= 3).all() and len(set(lengths.tolist())) > 1
+    for i in range(16):
+        assert (codes[i, lengths[i]:] == 0).all()
+    with pytest.raises(ValueError, match=r"eos_every=5 must be a positive int dividing num_tokens=12"):
+        generate(model, labels, 12, stop_at_eos=True, eos_every=5)
+
+
 def test_slots_are_refilled_so_the_batch_stays_full():
     """8 samples through 3 slots: every decode call runs 3 rows until fewer than 3 samples are left, and the
     number of calls is the sum of the samples' decode steps divided by 3 (rounded up, plus the tail)."""

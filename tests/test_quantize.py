@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tokgen.quantize import (
     FSQ,
     BinaryQuantizer,
+    GroupQuantizer,
     IdentityQuantizer,
     Quantizer,
     QuantizerConfig,
@@ -356,6 +357,90 @@ def test_config_parses_with_jsonargparse():
     cfg = parser.parse_args(["--quantizer", '{"kind": "fsq", "levels": [4, 4, 3]}'])
     qc = parser.instantiate_classes(cfg).quantizer
     assert isinstance(qc, QuantizerConfig) and qc.levels == [4, 4, 3] and qc.build().codebook_size == 48
+
+
+# ---------------------------------------------------------------------------------- group quantization
+GROUPED = [
+    ("fsq", {"levels": [8, 5, 5, 5], "groups": 4}),
+    ("vq", {"codebook_size": 64, "dim": 4, "groups": 3}),
+    ("binary", {"dim": 5, "groups": 2}),
+]
+
+
+@pytest.mark.parametrize("kind,kw", GROUPED, ids=[k for k, _ in GROUPED])
+def test_group_codes_round_trip(kind, kw):
+    """codes (B, K, G) in the inner codebook; codes_to_latents(codes) is exactly forward's z_q; every group is
+    the inner quantizer applied to its own chunk of channels."""
+    q = make(kind, **kw).eval()
+    G = kw["groups"]
+    assert isinstance(q, GroupQuantizer) and q.codes_per_token == G and q.dim == G * q.inner.dim
+    assert q.codebook_size == q.inner.codebook_size
+    z = torch.randn(B, K, q.dim)
+    z_q, codes, _ = q(z)
+    assert z_q.shape == (B, K, q.dim) and codes.shape == (B, K, G) and codes.dtype == torch.int64
+    assert int(codes.min()) >= 0 and int(codes.max()) < q.codebook_size
+    assert torch.equal(q.codes_to_latents(codes), z_q)
+    for g in range(G):
+        chunk = slice(g * q.inner.dim, (g + 1) * q.inner.dim)
+        inner_zq, inner_codes, _ = q.inner(z[..., chunk])
+        assert torch.equal(codes[..., g], inner_codes) and torch.equal(z_q[..., chunk], inner_zq)
+
+
+def test_group_fsq_groups_are_distinct_and_independent():
+    """Changing one group's channels changes only that group's code; distinct chunks give distinct codes."""
+    q = build_quantizer("fsq", levels=[8, 5, 5, 5], groups=4)
+    assert q.dim == 16 and q.codebook_size == 1000
+    z = torch.zeros(1, 1, 16)
+    z[..., 4:8] = torch.tensor([2.0, -2.0, 2.0, -2.0])
+    z[..., 12:16] = torch.tensor([-2.0, 2.0, -2.0, 2.0])
+    _, codes, _ = q(z)
+    c = codes[0, 0].tolist()
+    assert c[0] == c[2] and len({c[0], c[1], c[3]}) == 3  # equal chunks -> equal codes, others differ
+    z2 = z.clone()
+    z2[..., 8:12] = 1.5
+    _, codes2, _ = q(z2)
+    changed = (codes2 != codes)[0, 0].tolist()
+    assert changed == [False, False, True, False]
+    # one code per group decodes to that group's chunk only
+    lat = q.codes_to_latents(torch.tensor([[0, 999, 0, 0]]))
+    assert lat.shape == (1, 16)
+    assert torch.equal(lat[0, 4:8], torch.ones(4)) and torch.equal(lat[0, :4], -torch.ones(4))
+    # gradients reach every channel (straight-through per group)
+    zg = torch.randn(2, 3, 16, requires_grad=True)
+    q(zg)[0].sum().backward()
+    assert (zg.grad != 0).all()
+
+
+def test_group_vq_aux_losses_do_not_grow_with_groups():
+    torch.manual_seed(0)
+    q = build_quantizer("vq", codebook_size=32, dim=4, groups=3).train()
+    z = torch.randn(5, 2, 12)
+    _, codes, aux = q(z)
+    flat = F.normalize(z.view(5, 2, 3, 4), dim=-1)
+    want = F.mse_loss(F.embedding(codes, q.inner.get_codebook()), flat)
+    assert torch.allclose(aux["vq_codebook"], want)
+
+
+def test_group_config_and_errors():
+    cfg = QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5], groups=4)
+    assert cfg.token_dim == 16 and cfg.build().dim == 16
+    assert QuantizerConfig(kind="vq", dim=8, groups=2).token_dim == 16
+    assert isinstance(QuantizerConfig(kind="fsq", groups=1).build(), FSQ)  # one group: the plain quantizer
+    with pytest.raises(ValueError, match=r"groups=2.*identity"):
+        QuantizerConfig(kind="identity", groups=2).token_dim
+    with pytest.raises(ValueError, match=r"groups.*>= 1.*0"):
+        build_quantizer("fsq", groups=0)
+    with pytest.raises(ValueError, match="discrete"):
+        GroupQuantizer(IdentityQuantizer(dim=4), 2)
+    with pytest.raises(ValueError, match="nest"):
+        GroupQuantizer(build_quantizer("fsq", levels=[3, 3], groups=2), 2)
+    q = build_quantizer("fsq", levels=[4, 4], groups=3)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\).*\(2, 2\)"):
+        q.codes_to_latents(torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 15\]"):
+        q.codes_to_latents(torch.tensor([[0, 16, 1]]))
+    with pytest.raises(ValueError, match=r"\(B, K, 6\).*\(2, 4\)"):
+        q(torch.randn(2, 4))
 
 
 # ---------------------------------------------------------------------------------- distributed restart

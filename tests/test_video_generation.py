@@ -6,6 +6,7 @@ The video tokenizer here has random weights: shard layout, lengths (they come fr
 output shapes do not depend on training, and decoding random codes exercises the same path as trained ones.
 The generator is trained for two steps through its recipe on those shards (only to produce a real checkpoint).
 """
+import argparse
 import os
 
 import pytest
@@ -14,16 +15,19 @@ from PIL import Image
 
 from conftest import CPU_OVERRIDES, ROOT, build_on_meta
 from tokgen.cli import lightning_main, main
+from tokgen.commands.sample import generate_budgets
 from tokgen.commands.sample import main as sample
 from tokgen.commands.sample_video import decode_clips
 from tokgen.data.tokens import load_token_shards, read_index
 from tokgen.data.video import VideoDataModule
+from tokgen.generator import GPT
 from tokgen.metrics import to_unit
 from tokgen.video import TrajectoryTokenizer, TrajectoryTokenizerConfig, VideoTokenizer
 from tokgen.video.io import count_frames
 
-FRAMES, SIZE, SLOTS = 4, 32, 8
-FSQ = {"kind": "fsq", "levels": [8, 8, 8, 5, 5], "dim": 5}  # the codes of configs/video/moving_shapes_fsq_tiny.yaml
+FRAMES, SIZE, SLOTS, GROUPS = 4, 32, 8, 4
+# the codes of configs/video/moving_shapes_fsq_tiny.yaml: 4 FSQ codes per trajectory, 4096 entries each
+FSQ = {"kind": "fsq", "levels": [8, 8, 8, 8], "dim": 4, "groups": GROUPS}
 GEN_RECIPE = os.path.join(ROOT, "configs/generator/moving_shapes_traj_tiny.yaml")
 EXTRACTION = {"max_trajectories": SLOTS}
 
@@ -70,30 +74,34 @@ def test_tokenize_writes_one_length_per_clip(pipeline):
     tok, shards, _ = pipeline
     index = read_index(shards)
     assert index["complete"] and [s["num_examples"] for s in index["shards"]] == [8, 8, 4]
-    assert (index["num_tokens"], index["codebook_size"], index["num_classes"]) == (SLOTS, 12800, 0)
+    assert (index["num_tokens"], index["codebook_size"], index["num_classes"]) == (SLOTS * GROUPS, 4096, 0)
+    assert index["codes_per_token"] == GROUPS
     assert index["data"]["init_args"] == {"dataset": "moving_shapes", "image_size": SIZE, "num_frames": FRAMES,
                                           "trajectories": True, "extraction": EXTRACTION}
     _, codes, lengths, labels = load_token_shards(shards)
-    assert codes.shape == (20, SLOTS) and (labels == 0).all()
+    assert codes.shape == (20, SLOTS * GROUPS) and (labels == 0).all()
 
-    # the same clips and extraction settings: lengths are the trajectory counts, codes the tokenizer's, 0 past them
+    # the same clips and extraction settings: lengths are GROUPS x the trajectory counts, codes the tokenizer's (a
+    # trajectory's GROUPS codes consecutive), 0 past them
     dm = VideoDataModule(dataset="moving_shapes", num_frames=FRAMES, image_size=SIZE, extraction=EXTRACTION)
     dm.setup()
     items = [dm.train_set[i] for i in range(20)]
-    assert lengths.tolist() == [int(it["num_trajectories"]) for it in items]
-    assert lengths.min() >= 1 and len(set(lengths.tolist())) > 1  # the count follows the clip
+    assert lengths.tolist() == [GROUPS * int(it["num_trajectories"]) for it in items]
+    assert lengths.min() >= GROUPS and len(set(lengths.tolist())) > 1  # the count follows the clip
+    lengths = lengths // GROUPS
     model = VideoTokenizer.from_checkpoint(tok)
     with torch.no_grad():
         _, expected, mask, _ = model.encode(torch.stack([it["video"] for it in items]),
                                             torch.stack([it["traj_ids"] for it in items]))
     assert torch.equal(mask, torch.arange(SLOTS)[None] < lengths[:, None])
-    assert torch.equal(codes.long(), expected.masked_fill(~mask, 0))
+    assert expected.shape == (20, SLOTS, GROUPS) and len(set(expected[0, 0].tolist())) > 1  # distinct groups
+    assert torch.equal(codes.long().view(20, SLOTS, GROUPS), expected.masked_fill(~mask[..., None], 0))
     # sampling decodes codes like the tokenizer decodes its own tokens
     with torch.no_grad():
         z_q, _, _, _ = model.encode(torch.stack([it["video"] for it in items[:4]]),
                                     torch.stack([it["traj_ids"] for it in items[:4]]))
         recon, _ = model.decode(z_q, mask[:4])
-    assert torch.equal(decode_clips(model, codes[:4].long(), lengths[:4].long()),
+    assert torch.equal(decode_clips(model, codes[:4].long().view(4, SLOTS, GROUPS), lengths[:4].long()),
                        (to_unit(recon) * 255).round().to(torch.uint8))
 
 
@@ -118,6 +126,25 @@ def test_sample_writes_tiled_clips_same_seed_same_clips(pipeline, tmp_path):
     assert 1 <= result["trajectories"][8] <= 8 and count_frames(str(tmp_path / "e.mp4")) == FRAMES
 
 
+def test_eos_ends_clips_between_trajectories(pipeline):
+    """With G codes per trajectory, `tokgen sample --eos` lets EOS follow whole trajectories only: with EOS made
+    likely, every sampled length is a multiple of G, and clips still differ in their trajectory counts."""
+    _, _, gen = pipeline
+    model = GPT.from_checkpoint(gen)
+    bias = torch.zeros(model.config.output_size)
+    bias[-1] = 4.0  # the EOS logit
+    model.head.register_forward_hook(lambda module, inputs, out: out + bias)
+    args = argparse.Namespace(seed=0, cfg=1.0, cfg_schedule="constant", temperature=1.0, top_k=0, top_p=None,
+                              eos=True)
+    budgets = generate_budgets(model, args, list(range(24)), [None] * 24, [2, 8], "cpu", shared=True,
+                               codes_per_token=GROUPS)
+    codes, lengths = budgets[8]
+    assert codes.shape == (24, 8 * GROUPS) and (lengths % GROUPS == 0).all() and (lengths >= GROUPS).all()
+    assert len(set(lengths.tolist())) > 1
+    short, short_lengths = budgets[2]  # budget 2 = the first 2 trajectories of the same samples
+    assert torch.equal(short, codes[:, : 2 * GROUPS]) and torch.equal(short_lengths, lengths.clamp(max=2 * GROUPS))
+
+
 def test_bad_inputs_give_one_clear_error_each(pipeline, tmp_path):
     tok, _, gen = pipeline
     base = ["sample", "--tokenizer", tok, "--generator", gen, "--num", "1"]
@@ -139,8 +166,37 @@ def test_bad_inputs_give_one_clear_error_each(pipeline, tmp_path):
 
 
 def test_recipes_fit_together(tmp_path):
-    """The FSQ video recipe's codes are what the generator recipe models (vocabulary, sequence length)."""
+    """The FSQ video recipe's codes are what the generator recipe models (vocabulary, sequence length: 4 codes
+    per trajectory), and its token is as wide as the continuous recipe's."""
     video = build_on_meta("configs/video/moving_shapes_fsq_tiny.yaml", tmp_path).model.tokenizer
+    continuous = build_on_meta("configs/video/moving_shapes_tiny.yaml", tmp_path).model.tokenizer
     gen = build_on_meta("configs/generator/moving_shapes_traj_tiny.yaml", tmp_path).model.generator_config
-    assert video.quantizer.codebook_size == gen.vocab_size == 12800
-    assert video.num_tokens == gen.block_size == 8 and gen.use_eos and gen.num_classes == 0
+    assert video.quantizer.codebook_size == gen.vocab_size == 4096 and video.quantizer.codes_per_token == 4
+    assert video.num_tokens * 4 == gen.block_size == 32 and gen.use_eos and gen.num_classes == 0
+    assert video.quantizer.dim == continuous.quantizer.dim == 16
+
+
+def test_realism_benchmark_scores_generated_clips(pipeline, capsys):
+    """benchmarks/video_realism.py on the pipeline's checkpoints: one JSON line with the three sets' distances to
+    the real clips; a set's distance to itself is 0, and the count histograms are distributions."""
+    import json
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from video_realism import STATS, distances, wasserstein_1d
+
+    a = np.random.default_rng(0).normal(size=(50, len(STATS)))
+    zero = distances(a, np.array([1, 2, 2]), a, np.array([1, 2, 2]), SLOTS)
+    assert zero["traj_w1"] == 0 and zero["count_tv"] == 0
+    assert abs(wasserstein_1d(np.zeros(10), np.ones(20)) - 1.0) < 1e-9
+    from video_realism import main as realism
+
+    tok, _, gen = pipeline
+    realism(["--tokenizer", tok, "--generator", gen, "--num", "4", "--batch-size", "3"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["codes_per_trajectory"] == GROUPS and result["stats"] == list(STATS)
+    for name in ("reference", "generated", "random"):
+        assert result[name]["traj_w1"] >= 0 and 0 <= result[name]["count_tv"] <= 1
+        assert abs(sum(result[name]["count_histogram"]) - 1) < 1e-3 and 1 <= result[name]["mean_count"] <= SLOTS

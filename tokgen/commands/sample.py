@@ -139,19 +139,23 @@ def plan_samples(args, classes: list[int | None]) -> tuple[list, list[list[int]]
 
 
 def generate_budgets(model: GPT, args, idx: list[int], labels: list, budgets: list[int], device,
-                     shared: bool, slots: int | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Codes (B, b) and lengths (B,) <= b per budget b for the samples ``idx`` (sample i has class labels[i]);
-    with ``shared`` one generation at the largest budget serves every budget (its prefixes), else one per budget.
-    ``slots`` (with --eos): the samples stream through that many decode slots (see ``generate``)."""
-    u = sample_uniforms(args.seed, idx, max(budgets) * model.config.draws_per_token)
+                     shared: bool, slots: int | None = None,
+                     codes_per_token: int = 1) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Codes (B, b * G) and lengths (B,) <= b * G (in codes) per budget b for the samples ``idx`` (sample i has
+    class labels[i]); with ``shared`` one generation at the largest budget serves every budget (its prefixes), else
+    one per budget. ``slots`` (with --eos): the samples stream through that many decode slots (see ``generate``).
+    ``codes_per_token`` G: budgets count tokens of G codes each (a group quantizer's), and EOS only ends a sample
+    after whole tokens, so every length is a multiple of G."""
+    G = codes_per_token
+    u = sample_uniforms(args.seed, idx, max(budgets) * G * model.config.draws_per_token)
     lab = None if labels[idx[0]] is None else torch.tensor([labels[i] for i in idx], device=device)
     outputs = {}
     for k in [max(budgets)] if shared else budgets:
         outputs[k] = generate(
-            model, lab, k, batch_size=len(idx), cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule,
+            model, lab, k * G, batch_size=len(idx), cfg_scale=args.cfg, cfg_schedule=args.cfg_schedule,
             temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p, stop_at_eos=args.eos,
-            slots=slots, uniforms=u)
-    return {b: (codes[:, :b], lengths.clamp(max=b))
+            eos_every=G, slots=slots, uniforms=u)
+    return {b: (codes[:, :b * G], lengths.clamp(max=b * G))
             for b in budgets for codes, lengths in [outputs.get(b, outputs[max(budgets)])]}
 
 
@@ -228,6 +232,9 @@ def run(args: argparse.Namespace) -> dict:
     args.out = check_output_path("--out", args.out or "samples.png", suffixes=IMAGE_EXTENSIONS)
 
     tokenizer = load_tokenizer(args.tokenizer, use_ema=not args.no_ema).to(device)
+    if tokenizer.quantizer.codes_per_token > 1:
+        raise ValueError(f"tokenizer {args.tokenizer} has {tokenizer.quantizer.codes_per_token} codes per token "
+                         f"(quantizer groups); sampling grouped codes is implemented for video tokenizers only")
     apply_flow_arguments(tokenizer, args, args.tokenizer)  # flow tokenizers: --flow-steps/--flow-cfg/--flow-seed
     model = GPT.from_checkpoint(args.generator, use_ema=not args.no_ema).to(device)
     check_generator_tokenizer(model, tokenizer, args.tokenizer, args.generator)

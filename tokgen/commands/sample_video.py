@@ -6,7 +6,9 @@
 The GPT writes trajectory codes largest trajectory first, the order of the tokenizer's slots, so budget k decodes
 the first k codes: a clip of k trajectories (the coarse version of a clip with more). With ``--eos`` the generator
 chooses the count: it stops at its end-of-sequence token, at most k (an EOS as the very first token is read as one
-trajectory, since a clip needs at least one). Per budget one tiled clip is written (``--out``, .gif or .mp4 by
+trajectory, since a clip needs at least one). With a group quantizer (G codes per trajectory) the GPT writes G codes
+per trajectory: budget k is k trajectories = k * G codes, and EOS is only sampled after a whole trajectory (a
+multiple of G codes), so no trajectory is cut. Per budget one tiled clip is written (``--out``, .gif or .mp4 by
 extension; suffixed ``_k<budget>`` for several budgets): every frame is a grid of all clips at that frame, rows =
 classes, columns = the first ``--grid-cols`` samples of each class. ``--out-dir`` also writes every clip as
 ``<out-dir>/k<budget>/<index>[_c<class>].<ext of --out>``. Sample i depends only on (seed, i), as for images, and
@@ -28,11 +30,12 @@ from .sample import (budget_path, check_generator_options, generate_budgets, pla
 
 @torch.no_grad()
 def decode_clips(tokenizer, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """codes (B, b), lengths (B,) -> uint8 clips (B, T, C, H, W) decoded from the first lengths[i] (>= 1) codes."""
-    B, b = codes.shape
+    """codes (B, b) (or (B, b, G) with G codes per trajectory), lengths (B,) in trajectories -> uint8 clips
+    (B, T, C, H, W) decoded from the first lengths[i] (>= 1) trajectories."""
+    B, b = codes.shape[:2]
     K = tokenizer.num_tokens
     keep = torch.arange(K, device=codes.device)[None] < lengths.clamp(1, b)[:, None]  # (B, K) slots in use
-    full = torch.cat([codes, codes.new_zeros(B, K - b)], 1)
+    full = torch.cat([codes, codes.new_zeros(B, K - b, *codes.shape[2:])], 1)
     z_q = tokenizer.quantizer.codes_to_latents(full) * keep[..., None]  # padding slots are 0, as in encode
     clips, _ = tokenizer.decode(z_q, keep)
     return to_uint8(clips).cpu()
@@ -75,7 +78,8 @@ def run_video(args, state) -> dict:
     check_generator_tokenizer(model, tokenizer, args.tokenizer, args.generator)
     c = model.config
     slots = "max_tokens" if tokenizer.needs_trajectories else "K"
-    budgets = resolve_budgets(args, tokenizer.num_tokens, c.block_size, f"the video tokenizer's {slots}")
+    G = tokenizer.quantizer.codes_per_token  # codes per trajectory: budgets and lengths count trajectories
+    budgets = resolve_budgets(args, tokenizer.num_tokens, c.block_size // G, f"the video tokenizer's {slots}")
     classes = resolve_classes(args, c.num_classes)
     check_generator_options(args, c)
     labels, batches, grid_members = plan_samples(args, classes)
@@ -86,7 +90,10 @@ def run_video(args, state) -> dict:
     counts: dict[int, list] = {b: [] for b in budgets}  # trajectories per clip
     with state.split_between_processes(batches) as my_batches:
         for idx in my_batches:
-            for b, (codes, lengths) in generate_budgets(model, args, idx, labels, budgets, device, shared).items():
+            for b, (codes, lengths) in generate_budgets(model, args, idx, labels, budgets, device, shared,
+                                                        codes_per_token=G).items():
+                if G > 1:  # (B, b * G) -> (B, b, G); lengths are whole trajectories (EOS only between them)
+                    codes, lengths = codes.unflatten(1, (b, G)), lengths // G
                 clips = decode_clips(tokenizer, codes, lengths)
                 counts[b] += lengths.clamp(min=1).tolist()
                 for j, i in enumerate(idx):

@@ -16,7 +16,9 @@ With a video tokenizer checkpoint (discrete quantizer), ``--data`` is ``moving_s
 of videos) or a video recipe / VideoDataModule spec; clips get the tokenizer's frame count and size, and
 trajectories are extracted with the checkpoint's extraction settings. A trajectory tokenizer writes ``lengths`` =
 the number of trajectories of each clip (slots are ordered largest first, so they are a prefix; codes past the
-length are 0), and labels 0 (moving_shapes has no class: the generator is unconditional).
+length are 0), and labels 0 (moving_shapes has no class: the generator is unconditional). With a group quantizer
+(``groups: G``, G codes per trajectory) a trajectory is G consecutive codes: a clip is K * G codes (``num_tokens``
+in the index), its length is G times its number of trajectories, and ``codes_per_token`` in the index is G.
 
 Once the folder is complete, ``index.json`` also holds the length distribution (mean, histogram, mean per class)
 and ``lengths.png`` beside the shards plots it.
@@ -128,14 +130,17 @@ def _video_setup(args: argparse.Namespace, device: torch.device):
         fixed["extraction"] = tokenizer.extraction_settings()
     spec = resolve_data_spec(args.data, c.image_size, c.channels, video=fixed, expected_by="tokenizer")
     slots = torch.arange(tokenizer.num_tokens, device=device)
+    group = tokenizer.quantizer.codes_per_token
 
     def encode(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> codes (B, K * G) (a token's G codes consecutive, 0 past the length), lengths (B,) in codes."""
         ids = batch["traj_ids"].to(device) if trajectory else None
         _, codes, token_mask, _ = tokenizer.encode(batch["video"].to(device), ids)
         lengths = token_mask.sum(1)
         if not torch.equal(token_mask, slots < lengths[:, None]):  # extraction numbers trajectories 0..N-1
             raise ValueError("trajectory slots of a clip are not a prefix; its id map skips an id")
-        return codes.masked_fill(~token_mask, 0), lengths
+        codes = codes.reshape(*token_mask.shape, group)  # (B, K, G); G = 1 without groups
+        return codes.masked_fill(~token_mask[..., None], 0).flatten(1), lengths * group
 
     return tokenizer, spec, encode
 
@@ -145,6 +150,10 @@ def _image_setup(args: argparse.Namespace, device: torch.device):
     from ..tokenizers import HaltingTokenizer, load_tokenizer
 
     tokenizer = load_tokenizer(args.ckpt, use_ema=not args.no_ema).to(device)
+    if tokenizer.quantizer.codes_per_token > 1:
+        raise ValueError(f"tokenizer {args.ckpt} has {tokenizer.quantizer.codes_per_token} codes per token (quantizer "
+                         f"groups); token shards of grouped codes are written for video tokenizers only: train the "
+                         f"image tokenizer with groups: 1")
     target_error = getattr(args, "target_error", None)
     threshold = getattr(args, "halt_threshold", None)
     if target_error is not None:
@@ -198,7 +207,9 @@ def tokenize(args: argparse.Namespace) -> dict:
         "format": FORMAT, "version": FORMAT_VERSION, "split": args.split, "data": json.loads(json.dumps(spec)),
         "num_examples": n,
         "shard_size": args.shard_size, "num_shards": -(-n // args.shard_size),
-        "num_tokens": tokenizer.num_tokens, "codebook_size": tokenizer.quantizer.codebook_size,
+        "num_tokens": tokenizer.num_tokens * tokenizer.quantizer.codes_per_token,  # codes per sequence
+        "codes_per_token": tokenizer.quantizer.codes_per_token,
+        "codebook_size": tokenizer.quantizer.codebook_size,
         "num_classes": int(getattr(dm, "num_classes", 0) or 0), "code_dtype": str(code_dtype(tokenizer.quantizer.codebook_size)),
         "tokenizer": identity, "target_error": target_error,
     }

@@ -52,12 +52,14 @@ def halting_identity(tokenizer, target_error: float | None = None, threshold: fl
 
 
 def _code_space(quantizer: dict | None) -> dict | None:
-    """The quantizer settings that define what a code means (kind and FSQ levels); other settings may be
-    added to the config over time without changing the codes."""
+    """The quantizer settings that define what a code means (kind, FSQ levels and codes per token); other
+    settings may be added to the config over time without changing the codes."""
     if not quantizer:
         return None
     levels = quantizer.get("levels")
-    return {"kind": quantizer.get("kind"), "levels": [int(v) for v in levels] if levels else None}
+    space = {"kind": quantizer.get("kind"), "levels": [int(v) for v in levels] if levels else None}
+    groups = int(quantizer.get("groups") or 1)
+    return {**space, "groups": groups} if groups > 1 else space
 
 
 def check_generator_tokenizer(generator, tokenizer, tokenizer_path: str = "the tokenizer", generator_path: str = "the generator") -> None:

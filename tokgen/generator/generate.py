@@ -120,6 +120,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     stop_at_eos: bool = False,
+    eos_every: int = 1,
     slots: int | None = None,
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -138,6 +139,9 @@ def generate(
         stop_at_eos: (models with ``use_eos``) stop a row at its end-of-sequence token (never before its first
             code, so every sample has 1..num_tokens codes); otherwise EOS is
             never sampled and every row gets exactly ``num_tokens`` codes. A row that ends leaves the batch.
+        eos_every: (with ``stop_at_eos``) EOS may only follow a multiple of this many codes, so lengths are
+            multiples of it: the codes of a token of a group quantizer (``codes_per_token``), e.g. a trajectory
+            of G codes, are never cut. ``num_tokens`` must be a multiple of it.
         slots: (with ``stop_at_eos`` and the cache) at most this many samples decode at once; when one ends, the
             next waiting sample takes its slot, so the batch stays full and the cost follows the sum of the
             samples' lengths, not the longest one. Default: all rows at once.
@@ -172,6 +176,9 @@ def generate(
         raise ValueError(f"cfg_scale={cfg_scale} needs a class-conditional generator; this one is unconditional")
     if stop_at_eos and not c.use_eos:
         raise ValueError("stop_at_eos needs a generator trained with use_eos=True")
+    if isinstance(eos_every, bool) or not isinstance(eos_every, int) or eos_every < 1 or num_tokens % eos_every:
+        raise ValueError(f"eos_every={eos_every!r} must be a positive int dividing num_tokens={num_tokens} (EOS may "
+                         f"only follow whole groups of eos_every codes)")
     draws = c.draws_per_token  # uniforms per code: 1, or 2 with a factorized vocabulary
     if uniforms is None:
         uniforms = torch.rand(B, num_tokens * draws, generator=generator)
@@ -199,7 +206,7 @@ def generate(
                          "use_cache=True")
     if stop_at_eos and use_cache:
         return decode_in_slots(model, rows, num_tokens, slots or B, guided, guide, uniforms, temperature, top_k,
-                               top_p, cache_dtype)
+                               top_p, cache_dtype, eos_every)
     if slots is not None:
         raise ValueError("slots needs stop_at_eos=True and use_cache=True (fixed budgets decode all rows at once)")
 
@@ -228,7 +235,8 @@ def generate(
             logits, hidden = model(prefix, active_rows, last_only=True, return_hidden=True)
             logits, hidden = logits[:, -1], hidden[:, -1]
         logits = guide(logits, t)
-        if eos is not None and (not stop_at_eos or t == 0):  # a sample has at least one code
+        if eos is not None and (not stop_at_eos or t == 0 or t % eos_every):
+            # a sample has at least one code (one group of eos_every codes) and ends only after whole groups
             logits = logits.clone()
             logits[:, eos] = float("-inf")
         u = uniforms[active]
@@ -262,7 +270,7 @@ def generate(
 def decode_in_slots(model: GPT, rows: torch.Tensor, num_tokens: int, slots: int, guided: bool, guide,
                     uniforms: torch.Tensor,
                     temperature: float, top_k: int | None, top_p: float | None,
-                    cache_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+                    cache_dtype: torch.dtype | None, eos_every: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Stop-at-EOS decoding with a KV cache, ``slots`` samples at a time (continuous batching).
 
     Every slot holds one sample at its own step t (codes generated so far) and feeds one input per decode call
@@ -270,7 +278,8 @@ def decode_in_slots(model: GPT, rows: torch.Tensor, num_tokens: int, slots: int,
     ``num_tokens`` codes; its slot then starts the next waiting sample at position 0 (earlier cache entries of
     the slot are masked out, see :meth:`KVCache.update`), or leaves the batch when none waits.
     ``rows``: (B,) conditions, followed by B null-class rows when ``guided``; ``guide(logits, steps)`` applies
-    the guidance. Returns codes (B, num_tokens) and lengths (B,) as :func:`generate`.
+    the guidance. EOS is only sampled after a multiple of ``eos_every`` codes (see :func:`generate`). Returns codes
+    (B, num_tokens) and lengths (B,) as :func:`generate`.
     """
     c = model.config
     B = uniforms.shape[0]
@@ -295,7 +304,7 @@ def decode_in_slots(model: GPT, rows: torch.Tensor, num_tokens: int, slots: int,
     while sample.numel():
         logits, hidden = model.forward_cached(x[:, None], torch.cat([step, step]) if guided else step, caches)
         logits = guide(logits, step).clone()
-        logits[step == 0, eos] = float("-inf")  # a sample has at least one code
+        logits[(step == 0) | (step % eos_every != 0), eos] = float("-inf")  # >= 1 code, whole groups of codes
         u = uniforms[sample]
         token = sample_next(logits, u.gather(1, (step * draws)[:, None]).squeeze(1), temperature, top_k, top_p)
         ended = token == eos

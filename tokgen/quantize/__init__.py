@@ -4,9 +4,12 @@
 * ``VectorQuantizer``   learned codebook, cosine lookup, commitment loss, dead-code restart
 * ``BinaryQuantizer``   per-channel sign, codes are packed bits (``2**dim`` codes)
 * ``IdentityQuantizer`` continuous tokens (optionally tanh-bounded)
+* ``GroupQuantizer``    ``groups`` codes per token: the token's channels split into chunks, each quantized by
+  the same discrete quantizer (``groups: G`` in a recipe; codes ``(..., G)``)
 
 Build one from a recipe with ``QuantizerConfig(kind=...).build()`` or ``build_quantizer(kind, ...)``;
-``QuantizerConfig.token_dim`` is the channel count the encoder must project its tokens to.
+``QuantizerConfig.token_dim`` is the channel count the encoder must project its tokens to (``groups`` times the
+inner quantizer's dim).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from .base import Quantizer, straight_through
 from .binary import BinaryQuantizer
 from .fsq import FSQ
+from .group import GroupQuantizer
 from .identity import IdentityQuantizer
 from .vq import VectorQuantizer
 
@@ -28,6 +32,7 @@ __all__ = [
     "VectorQuantizer",
     "BinaryQuantizer",
     "IdentityQuantizer",
+    "GroupQuantizer",
     "QuantizerConfig",
     "build_quantizer",
     "straight_through",
@@ -40,9 +45,24 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown quantizer kind {kind!r}; accepted kinds: {list(KINDS)}")
 
 
-def _token_dim(kind: str, dim: int | None, levels: list[int] | None) -> int:
-    """Channel dim of the tokens for this kind (validating fsq's dim against its levels)."""
+def _check_groups(kind: str, groups: int) -> None:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"quantizer groups must be an int >= 1 (codes per token); got {groups!r}")
+    if groups > 1 and kind == "identity":
+        raise ValueError(f"quantizer groups={groups} needs a discrete kind (fsq, vq or binary); kind='identity' "
+                         f"has no codes to group (use groups: 1)")
+
+
+def _token_dim(kind: str, dim: int | None, levels: list[int] | None, groups: int = 1) -> int:
+    """Channel dim of the tokens for this kind: ``groups`` times the dim of one group (validating fsq's dim
+    against its levels)."""
     _check_kind(kind)
+    _check_groups(kind, groups)
+    return groups * _group_dim(kind, dim, levels)
+
+
+def _group_dim(kind: str, dim: int | None, levels: list[int] | None) -> int:
+    """Channel dim of one group (of the whole token without groups)."""
     if kind == "fsq":
         n = len(DEFAULT_FSQ_LEVELS if levels is None else levels)
         if dim is not None and dim != n:
@@ -66,10 +86,17 @@ def build_quantizer(
     restart_every: int = 0,
     bound: str = "none",
     restart_threshold: float = 1e-3,
+    groups: int = 1,
 ) -> Quantizer:
     """Build a quantizer by name. ``kind`` in {"fsq", "vq", "binary", "identity"}; ``dim`` defaults to
     len(levels) for fsq (where a different explicit dim is an error), 12 for vq and identity, 16 for
-    binary. Arguments that do not apply to ``kind`` are ignored, except ``levels`` (fsq only)."""
+    binary. Arguments that do not apply to ``kind`` are ignored, except ``levels`` (fsq only).
+    ``groups > 1`` (discrete kinds) wraps that quantizer in a :class:`GroupQuantizer`: tokens of
+    ``groups * dim`` channels, ``groups`` codes each."""
+    _check_groups(kind, groups)
+    if groups > 1:
+        return GroupQuantizer(build_quantizer(kind, dim, levels, codebook_size, beta, normalize, restart_every,
+                                              bound, restart_threshold), groups)
     d = _token_dim(kind, dim, levels)
     if kind == "fsq":
         return FSQ(levels=list(DEFAULT_FSQ_LEVELS if levels is None else levels))
@@ -85,7 +112,8 @@ def build_quantizer(
 
 @dataclass
 class QuantizerConfig:
-    """Recipe-friendly quantizer settings (plain field types for jsonargparse / YAML)."""
+    """Recipe-friendly quantizer settings (plain field types for jsonargparse / YAML). With ``groups > 1``,
+    ``dim`` / ``levels`` describe one group and the token has ``groups * dim`` channels."""
 
     kind: str = "fsq"
     dim: int | None = None
@@ -96,15 +124,16 @@ class QuantizerConfig:
     restart_every: int = 0
     restart_threshold: float = 1e-3
     bound: str = "none"
+    groups: int = 1  # codes per token: the token is groups chunks of dim channels, each quantized alike
 
     @property
     def token_dim(self) -> int:
-        """The channel dim the encoder must project its tokens to."""
-        return _token_dim(self.kind, self.dim, self.levels)
+        """The channel dim the encoder must project its tokens to (``groups`` times ``dim``)."""
+        return _token_dim(self.kind, self.dim, self.levels, self.groups)
 
     def build(self) -> Quantizer:
         return build_quantizer(
             self.kind, dim=self.dim, levels=self.levels, codebook_size=self.codebook_size, beta=self.beta,
             normalize=self.normalize, restart_every=self.restart_every, bound=self.bound,
-            restart_threshold=self.restart_threshold,
+            restart_threshold=self.restart_threshold, groups=self.groups,
         )

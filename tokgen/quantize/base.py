@@ -12,7 +12,9 @@ A tokenizer's encoder emits continuous tokens ``z: (B, K, dim)``; a quantizer tu
 eval mode), so a generator's samples decode like the tokenizer's own tokens.
 
 Leading dimensions are free: ``(B, K, dim)`` is the common case but any ``(..., dim)`` works, with
-codes of shape ``(...)`` (discrete) or ``(..., dim)`` (identity).
+codes of shape ``(...)`` (discrete) or ``(..., dim)`` (identity). A group quantizer
+(:class:`~tokgen.quantize.group.GroupQuantizer`) gives every token ``codes_per_token = G`` codes, shape
+``(..., G)``, each in ``[0, codebook_size)``; every other quantizer has ``codes_per_token = 1``.
 
 Quantizers compute in float32 with autocast switched off: code assignment (argmax / rounding) in bf16
 would flip codes near decision boundaries, and ``codes_to_latents`` could not reproduce ``z_q``.
@@ -45,7 +47,8 @@ class Quantizer(nn.Module, ABC):
     """
 
     dim: int
-    codebook_size: int | None
+    codebook_size: int | None  # entries of the codebook each code indexes (None: continuous)
+    codes_per_token: int = 1  # codes per token: G for a group quantizer, whose codes are (..., G)
 
     @property
     def is_discrete(self) -> bool:
