@@ -339,9 +339,8 @@ class HaltingTokenizer(Tokenizer1D):
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold={threshold!r} must be in (0, 1)")
         condition = self.condition_index(target_error, images.shape[0], clamp)
-        if threshold is None:
-            threshold = self.threshold_at(torch.as_tensor(target_error, dtype=torch.float64).flatten().clamp(
-                self.config.eps_min, self.config.eps_max) if clamp else target_error, images.shape[0])
+        if threshold is None:  # the table lies inside the trained range and clamps to its ends, so clamp needs nothing
+            threshold = self.threshold_at(target_error, images.shape[0])
         latents, halt_logits = self.encode_hidden(images, condition)
         z_q, codes, _ = self.quantize(latents)
         lengths = lengths_from_halting(halt_logits, threshold)
