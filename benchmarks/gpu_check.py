@@ -28,15 +28,17 @@ On the GPU machine (no internet; it lacks diffusers, lpips, jsonargparse and lit
 Here, once, into the git-ignored folder ``wheels/``::
 
     pip download --no-deps -d wheels diffusers==0.42.1 lpips==0.1.4 jsonargparse==4.53.0 \\
-        docstring-parser==0.18.0 typeshed-client==2.15.0 litdata==0.2.76
+        docstring-parser==0.18.0 typeshed-client==2.15.0 litdata==0.2.76 boto3 botocore s3transfer jmespath
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+        --platform manylinux2014_x86_64 -d wheels obstore==0.12.1 importlib_metadata
 
-(8 MB; issue 20 names these four as the ones the machine lacks), then run, with the ``wheels`` folder carried to the
+(30 MB; boto3 and obstore only make litdata importable), then run, with the ``wheels`` folder carried to the
 device (the device tool's ``carry: ["wheels"]``, ``timeout_s`` about 540)::
 
     bash benchmarks/gpu_check.sh wheels --json $OUT/gpu_check.json
 
-(``gpu_check.sh`` installs the wheels with ``pip install --no-index --find-links wheels`` and runs
-``python benchmarks/gpu_check.py --json $OUT/gpu_check.json``). The last line printed is one JSON object.
+(``gpu_check.sh`` installs the wheels without dependencies into ``/tmp/tokgen_site``, puts it on PYTHONPATH and
+runs ``python3 benchmarks/gpu_check.py --json $OUT/gpu_check.json``). The last line printed is one JSON object.
 ``--tiny`` runs the same code on CPU with tiny sizes, 3 steps, fp32 (tests/test_benchmarks.py).
 """
 from __future__ import annotations
@@ -283,11 +285,12 @@ def timed_call(fn, sync, warmup: int = 1, repeats: int = 2) -> float:
     return median(times)
 
 
-def fresh_copy(model: torch.nn.Module, build) -> torch.nn.Module:
-    """An uncompiled model with ``model``'s weights (the trained one has its blocks compiled for training shapes)."""
+def fresh_copy(model: torch.nn.Module, build, device: torch.device) -> torch.nn.Module:
+    """An uncompiled model with ``model``'s weights (the trained one has its blocks compiled for training shapes), on
+    ``device`` (the Trainer's teardown has moved the trained model back to the CPU)."""
     copy_ = build()
     copy_.load_state_dict(model.state_dict())
-    return copy_.to(next(model.parameters()).device).eval()
+    return copy_.to(device).eval()
 
 
 def sdpa_kernels(fn) -> list[str]:
@@ -305,7 +308,7 @@ def sdpa_kernels(fn) -> list[str]:
 def tokenizer_inference(module, args, device, deadline: float) -> dict:
     """Encode and decode images/s at batch ``args.codec_batch`` (bf16 autocast on CUDA; a flow tokenizer decodes
     with its recipe's sampling steps)."""
-    tok = fresh_copy(module.tokenizer, lambda: type(module.tokenizer)(module.tokenizer_config))
+    tok = fresh_copy(module.tokenizer, lambda: type(module.tokenizer)(module.tokenizer_config), device)
     c = module.tokenizer_config
     B = args.codec_batch
     images = torch.rand(B, c.channels, c.image_size, c.image_size, device=device) * 2 - 1
@@ -332,7 +335,7 @@ def generator_inference(module, args, device, deadline: float) -> dict:
     from tokgen.generator import GPT, generate
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = fresh_copy(module.generator, lambda: GPT(module.generator_config)).to(dtype)
+    model = fresh_copy(module.generator, lambda: GPT(module.generator_config), device).to(dtype)
     if args.tiny:
         model.compile_decode(backend="aot_eager")
     c = model.config
@@ -365,6 +368,11 @@ def generator_inference(module, args, device, deadline: float) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- main
+def failure(err: Exception) -> dict:
+    """A report entry for a section that raised: the error and the end of its traceback."""
+    return {"error": f"{type(err).__name__}: {str(err)[:500]}", "traceback": traceback.format_exc()[-3000:]}
+
+
 def bf16_peak(device, tiny: bool) -> dict:
     """The matmul peak this run's MFU is measured against: bf16 8192^3 on CUDA; fp32 256^3 on CPU (--tiny)."""
     if device.type != "cuda":
@@ -444,19 +452,19 @@ def main(argv=None) -> dict:
             section_start = time.perf_counter()
             log(f"{name}: training {args.steps} steps ...")
             module = None
+            sharded = name.endswith("_fsdp")
             try:
-                sharded = name.endswith("_fsdp")
                 train_budget = budget * (1.0 if sharded else TRAIN_SHARE[kind])
                 report, module = run_training(name, kind, args, workdir, train_budget, peak["tflops"] * 1e12, device)
-                deadline = section_start + budget
-                if "error" not in report and not sharded:
-                    if kind == "generator":
-                        report["generation"] = generator_inference(module, args, device, deadline)
-                    elif kind in ("tokenizer", "flow"):
-                        report["codec"] = tokenizer_inference(module, args, device, deadline)
             except Exception as err:  # report and go on with the next recipe
-                report = {"recipe": RECIPES[name][0], "error": f"{type(err).__name__}: {str(err)[:500]}",
-                          "traceback": traceback.format_exc()[-2000:]}
+                report = {"recipe": RECIPES[name][0], **failure(err)}
+            if module is not None and "error" not in report and not sharded and kind != "halting":
+                section, measure = (("generation", generator_inference) if kind == "generator"
+                                    else ("codec", tokenizer_inference))
+                try:  # a failure here keeps the training figures
+                    report[section] = measure(module, args, device, section_start + budget)
+                except Exception as err:
+                    report[section] = failure(err)
             report["section_s"] = round(time.perf_counter() - section_start, 1)
             results[name] = report
             log(f"{name}: {json.dumps({k: v for k, v in report.items() if k not in ('step_times_s', 'traceback')})}")

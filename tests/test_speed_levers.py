@@ -230,3 +230,55 @@ def test_sdpa_without_masks_takes_the_flash_kernel():
     for fn in (lambda: gpt.loss(torch.randint(64, (2, 16)), torch.tensor([0, 1])),
                lambda: tok(torch.rand(2, 3, 16, 16))):
         assert kernels(fn) == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
+
+
+class RecordingFusedAdamW(torch.optim.AdamW):
+    """Fused AdamW (the GPU recipes' optimizer; torch also runs it on CPU) that records the total gradient norm it
+    is handed at every step."""
+
+    norms: list = []
+
+    def __init__(self, groups, **kwargs):
+        kwargs.pop("foreach", None)
+        super().__init__(groups, fused=True, **kwargs)
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:  # automatic optimization: forward, backward and clipping run in the closure
+            with torch.enable_grad():
+                loss = closure()
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        RecordingFusedAdamW.norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g.float()) for g in grads]))))
+        super().step()
+        return loss
+
+
+@pytest.mark.parametrize("kind", ["tokenizer", "generator"])
+def test_fused_adamw_with_bf16_mixed_clips_the_gradient_norm(kind, tmp_path, monkeypatch):
+    """The GPU recipes train in bf16-mixed with fused AdamW and clip the gradient norm. Lightning's mixed-precision
+    plugin refuses to clip for a fused optimizer (it could unscale inside its step, which needs a GradScaler that
+    bf16 does not use); tokgen clips itself. Both optimisation paths: the tokenizer's manual one and the generator's
+    automatic one. A tiny clip makes every step's norm equal the clip."""
+    import lightning as L
+
+    from tokgen.data.synthetic import SyntheticImageDataModule, SyntheticTokenDataModule
+    from tokgen.lit import GeneratorModule, OptimConfig, TokenizerModule
+
+    monkeypatch.setattr("tokgen.lit.base.build_adamw", lambda groups, speed, **kw: RecordingFusedAdamW(groups, **kw))
+    RecordingFusedAdamW.norms = []
+    clip = 1e-3
+    optim = OptimConfig(lr=1e-3, warmup_steps=1, grad_clip=clip)
+    speed = SpeedConfig(compile=False, tf32=False)
+    if kind == "tokenizer":
+        module = TokenizerModule(tokenizer=TokenizerConfig.from_dict(TINY_TOK), optim=optim, speed=speed)
+        data = SyntheticImageDataModule(image_size=16, batch_size=4, num_examples=8)
+    else:
+        module = GeneratorModule(generator=GPTConfig(**TINY_GPT), optim=optim, speed=speed)
+        data = SyntheticTokenDataModule(codebook_size=64, num_tokens=16, num_classes=4, batch_size=4, num_examples=8)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=data)
+    assert len(RecordingFusedAdamW.norms) == 2
+    assert all(n == pytest.approx(clip, rel=1e-2) for n in RecordingFusedAdamW.norms), RecordingFusedAdamW.norms

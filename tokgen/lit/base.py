@@ -114,13 +114,26 @@ class TrainingModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip the gradient norm to the trainer's gradient_clip_val, else ``optim.grad_clip`` (None / 0: no clip)."""
-        clip = gradient_clip_val or self.optim_config.grad_clip
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"gradient_clip_algorithm {gradient_clip_algorithm!r}: tokgen clips by norm only ('norm')")
+        self.clip_grad_norm(optimizer, gradient_clip_val or self.optim_config.grad_clip)
+
+    def clip_grad_norm(self, optimizer, clip: float | None) -> None:
+        """Clip the gradient norm of ``optimizer``'s parameters to ``clip`` (None / 0: no clip), for automatic and
+        manual optimization alike.
+
+        FSDP computes the global norm over its shards. Without a loss scaler (fp32, bf16-mixed) the gradients are
+        true gradients and are clipped directly: Lightning's mixed-precision plugin refuses to clip for any optimizer
+        that can unscale inside its step (fused AdamW), which only matters when a GradScaler is in use (fp16)."""
         if not clip:
             return
         if isinstance(self.trainer.strategy, FSDPStrategy):  # sharded parameters: FSDP computes the global norm
             self.trainer.strategy.model.clip_grad_norm_(clip)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+        elif getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        else:  # fp16: Lightning unscales the gradients first
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     # ------------------------------------------------------------------ EMA
     def optimizer_step(self, *args, **kwargs) -> None:

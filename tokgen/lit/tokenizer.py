@@ -163,8 +163,7 @@ class TokenizerModule(TrainingModule):
         sched = sched[0] if isinstance(sched, (list, tuple)) else sched
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.optim_config.grad_clip:
-            self.clip_gradients(opt, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
+        self.clip_grad_norm(opt, self.optim_config.grad_clip)
         opt.step()
         sched.step()
         self.after_model_step()
