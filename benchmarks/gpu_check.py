@@ -225,14 +225,19 @@ def run_training(name: str, kind: str, args, workdir: str, budget_s: float, peak
     report and the trained LightningModule."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from tokgen.cli import lightning_main
+    from tokgen.cli import lightning_main, silence_upstream_noise
 
     cfg = check_config(name, kind, args, workdir)
     cfg["trainer"]["max_time"] = {"seconds": max(int(budget_s), 1)}
     cfg_path = os.path.join(workdir, f"{name}.yaml")
     with open(cfg_path, "w") as f:
         yaml.safe_dump(cfg, f)
-    cli = lightning_main(["--config", cfg_path], run=False, exit_on_error=False)
+    silence_upstream_noise()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees this script's own arguments
+    try:
+        cli = lightning_main(["--config", cfg_path], run=False, exit_on_error=False)
+    finally:
+        sys.argv = argv
     trainer, module = cli.trainer, cli.model
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]  # no 7 GB writes
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
