@@ -150,3 +150,39 @@ def test_adaptive_generation_benchmark_runs_on_the_random_stand_in(capsys):
     assert r["settings"]["fixed_at_K"]["tokens"] == 8 * 24
     assert r["settings"]["adaptive"]["tokens"] <= r["settings"]["fixed_at_batch_max"]["tokens"] <= 8 * 24
     assert set(r["ratios"]) == {"adaptive/fixed_at_mean", "adaptive/fixed_at_batch_max", "adaptive/fixed_at_K"}
+
+
+
+@pytest.fixture
+def restore_tokgen_modules():
+    """tree_ab imports tokgen afresh from the trees it compares: put this session's tokgen modules and sys.path back."""
+    modules = {m: mod for m, mod in sys.modules.items() if m == "tokgen" or m.startswith("tokgen.")}
+    path = list(sys.path)
+    yield
+    for m in [m for m in sys.modules if m == "tokgen" or m.startswith("tokgen.")]:
+        del sys.modules[m]
+    sys.modules.update(modules)
+    sys.path[:] = path
+
+
+def test_tree_ab_compares_a_tree_with_itself(tmp_path, restore_tokgen_modules):
+    """benchmarks/tree_ab.py on this checkout against itself, one round and two call-by-call pairs: every
+    measurement is reported with positive times and ratios (no timing asserted)."""
+    from tree_ab import main
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = main(["--a", root, "--b", root, "--reps", "1", "--fine-reps", "2", "--threads", "1",
+                   "--json", str(tmp_path / "ab.json")])
+    assert set(result["rounds"]) == {"tokenizer_train_step_ms", "tokenizer_round_trip_ms", "gpt_train_step_ms",
+                                     "generate_k32_ms_per_token", "generate_k128_ms_per_token", "lit_tokenizer_step_ms"}
+    assert set(result["call_by_call"]) == {"tokenizer_train_step", "tokenizer_round_trip"}
+    for entry in [*result["rounds"].values(), *result["call_by_call"].values()]:
+        assert entry["a_median"] > 0 and entry["b_median"] > 0 and entry["ratio_b_over_a_median"] > 0
+    assert (tmp_path / "ab.json").is_file()
+
+
+def test_tree_ab_refuses_a_folder_without_tokgen(tmp_path, restore_tokgen_modules):
+    from tree_ab import main
+
+    with pytest.raises(SystemExit, match="has no tokgen package of its own"):
+        main(["--a", str(tmp_path), "--b", str(tmp_path), "--reps", "1"])
