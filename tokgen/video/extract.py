@@ -19,7 +19,10 @@ Method (all classical, CPU, no weights):
 4. **Linking** at a key frame: IoU between the new segments and the propagated ids, one-to-one Hungarian
    matching (scipy ``linear_sum_assignment``) above ``link_iou``; an unmatched segment is absorbed into the
    propagated trajectories of the same colour when they cover at least ``absorb_fraction`` of it (the
-   segmenter split a region differently); otherwise it starts a new trajectory.
+   segmenter split a region differently); otherwise it starts a new trajectory. The reverse, a segment that
+   swallows a propagated trajectory which still moves apart from the rest of it (``split_motion``) or differs in
+   colour (``absorb_colour``), keeps that trajectory on its pixels (:func:`keep_undersegmented`): a weak edge at
+   the working size must not end an object's track.
 5. **Clean-up and order**: trajectories smaller than ``min_area`` of the clip volume (and all beyond
    ``max_trajectories``) are dissolved into their spatial neighbours; the rest are numbered by decreasing
    space-time area, so a prefix of trajectories is the coarse version of the clip.
@@ -68,6 +71,7 @@ class ExtractionConfig(DictConfig):
     link_iou: float = 0.2  # smallest IoU for a Hungarian match between a segment and a trajectory
     absorb_fraction: float = 0.5  # an unmatched segment joins same-coloured trajectories covering this much
     absorb_colour: float = 25.0  # CIELAB distance under which colours count as the same
+    split_motion: float = 1.0  # a swallowed trajectory moving this many px/frame (working size) apart survives; 0 = off
     min_area: float = 0.002  # trajectories below this fraction of the clip volume are dissolved
     max_trajectories: int | None = None  # keep at most this many (largest first)
     movers: bool = False  # opt-in: also find small moving objects by motion (see tokgen.video.movers)
@@ -94,6 +98,7 @@ class ExtractionConfig(DictConfig):
         check("link_iou", 0.0 <= self.link_iou <= 1.0, "a number in [0, 1]")
         check("absorb_fraction", 0.0 < self.absorb_fraction <= 1.0, "a number in (0, 1]")
         check("min_area", 0.0 <= self.min_area < 1.0, "a number in [0, 1)")
+        check("split_motion", self.split_motion >= 0, "a number >= 0 (0: off)")
         check("motion_size", isinstance(self.motion_size, int) and (self.motion_size == 0 or self.motion_size >= 16),
               "0 or an int >= 16")
         check("motion_threshold", self.motion_threshold > 0, "a number > 0")
@@ -219,8 +224,9 @@ def _finalize(ids: np.ndarray, min_area: float, max_trajectories: int | None) ->
     return out.astype(np.int32)
 
 
-def _link(seg: np.ndarray, warped: np.ndarray, lab: np.ndarray, next_id: int, cfg: ExtractionConfig):
-    """New key-frame segments ``seg`` (0..S-1) -> trajectory ids, given the propagated ids ``warped``."""
+def _link(seg: np.ndarray, warped: np.ndarray, lab: np.ndarray, flow: np.ndarray, next_id: int, cfg: ExtractionConfig):
+    """New key-frame segments ``seg`` (0..S-1) -> trajectory ids, given the propagated ids ``warped`` (``flow``: the
+    frame's backward flow, ``lab``: its CIELAB colours)."""
     from scipy.optimize import linear_sum_assignment
 
     S = int(seg.max()) + 1
@@ -245,7 +251,56 @@ def _link(seg: np.ndarray, warped: np.ndarray, lab: np.ndarray, next_id: int, cf
         else:
             table[r] = next_id
             next_id += 1
-    return table[seg, w_idx], next_id
+    return keep_undersegmented(table, seg, w_idx, inter, lab, flow, w_ids, cfg), next_id
+
+
+def keep_undersegmented(table: np.ndarray, seg: np.ndarray, w_idx: np.ndarray, inter: np.ndarray, lab: np.ndarray,
+                        flow: np.ndarray, w_ids: np.ndarray, cfg: ExtractionConfig) -> np.ndarray:
+    """The key frame's ids ``table[seg, w_idx]``, keeping the trajectories its segmentation swallowed (see
+    :func:`_link`; ``table[s, j]`` is the id of the pixels of segment s propagated as the j-th trajectory).
+
+    A segmenter that merges regions across a weak edge (a cup in front of a cat's fur of about the same mean
+    colour, at 64 px) would end every trajectory inside the merged segment but one. A propagated trajectory that
+    lies mostly (half or more of its pixels) in one segment that gives those pixels another id keeps its id when
+    it still stands apart from the rest of that segment: by motion (mean flow differing by more than
+    ``split_motion`` pixels per frame at the working size) or by colour (means more than ``absorb_colour`` apart
+    in CIELAB). It keeps only its pixels that are closer to its own mean than to the rest's in that respect, so
+    the trail a moving object leaves in the propagated ids (uncovered background) still goes to the segment.
+    Remnants that move and look like their surroundings (flow drift) are absorbed as before."""
+    out = table[seg, w_idx]
+    S, Wn = inter.shape
+    main = np.argmax(inter, axis=0)  # (Wn,) the segment holding most of each propagated trajectory
+    cols = np.arange(Wn)
+    lost = np.flatnonzero((table[main, cols] != w_ids) & (inter[main, cols] >= 0.5 * inter.sum(0)))
+    if not len(lost):
+        return out
+    values = np.concatenate([lab, flow], axis=-1)  # (h, w, 5): L, a, b, flow x, flow y
+    pairs = seg * Wn + w_idx
+    sums = np.stack([np.bincount(pairs.ravel(), weights=values[..., c].ravel(), minlength=S * Wn)
+                     for c in range(values.shape[-1])], axis=1).reshape(S, Wn, -1)
+    for j in lost:
+        r = main[j]
+        rest = inter[r].sum() - inter[r, j]
+        if rest <= 0:
+            continue
+        inside, outside = sums[r, j] / inter[r, j], (sums[r].sum(0) - sums[r, j]) / rest
+        if cfg.split_motion > 0 and np.linalg.norm(inside[3:] - outside[3:]) > cfg.split_motion:
+            part = slice(3, 5)  # apart by motion: each pixel goes by its flow
+        elif np.linalg.norm(inside[:3] - outside[:3]) > cfg.absorb_colour:
+            part = slice(0, 3)  # apart by colour: each pixel goes by its colour
+        else:
+            continue
+        pix = pairs == r * Wn + j
+        if part.start == 3:  # by motion: also the segment's pixels around it that move with it (propagation erodes)
+            ys, xs = np.nonzero(pix)
+            pad = max(2, int(np.ceil(np.abs(inside[3:]).max())) + 1)
+            box = np.zeros_like(pix)
+            box[max(ys.min() - pad, 0):ys.max() + pad + 1, max(xs.min() - pad, 0):xs.max() + pad + 1] = True
+            pix = box & (seg == r) & np.isin(out, [w_ids[j], table[r, j]])
+        v = values[pix][:, part]
+        own = np.linalg.norm(v - inside[part], axis=1) <= np.linalg.norm(v - outside[part], axis=1)
+        out[pix] = np.where(own, w_ids[j], table[r, j])
+    return out
 
 
 def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
@@ -373,7 +428,7 @@ def extract_trajectories(
             seg = segment(t)
             now = time.perf_counter()
             stage["segment"], clock = stage["segment"] + now - clock, now
-            ids[t], next_id = _link(seg, warped, rgb_to_lab(small[t]), next_id, cfg)
+            ids[t], next_id = _link(seg, warped, rgb_to_lab(small[t]), flow, next_id, cfg)
             stage["link"] += time.perf_counter() - clock
         else:
             ids[t] = warped
