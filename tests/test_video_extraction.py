@@ -208,3 +208,44 @@ def test_a_trajectory_swallowed_by_a_key_frame_segment_survives_when_it_moves_ap
     lost = extract_trajectories(frames, {**cfg, "split_motion": 0.0}, mask_source=masks).ids
     obj_id = np.bincount(lost[0][truth[0] == 1]).argmax()
     assert not (lost[12] == obj_id).any()
+
+
+def test_settings_saved_partially_before_the_default_change_keep_extracting_as_trained():
+    """Video checkpoints written before 2026-12-04 hold only the recipe's extraction keys: loading completes them
+    with the defaults of that time (a key frame every 8 frames, no split_motion), so the model extracts as it was
+    trained; settings saved since (every field) are kept as they are."""
+    from tokgen.video import TrajectoryTokenizer
+    from tokgen.video.extract import complete_legacy
+
+    assert ExtractionConfig().keyframe_interval == 2 and ExtractionConfig().split_motion == 1.0
+    old = complete_legacy({"max_trajectories": 8})
+    assert old == {"max_trajectories": 8, "keyframe_interval": 8, "split_motion": 0.0}
+    assert complete_legacy({"keyframe_interval": 4, "max_trajectories": 8})["keyframe_interval"] == 4
+    full = ExtractionConfig(max_trajectories=8).to_dict()
+    assert complete_legacy(full) == full
+    model = TrajectoryTokenizer({"image_size": 32, "num_frames": 4, "patch_size": 8, "width": 32, "num_heads": 2,
+                                 "encoder_depth": 1, "decoder_depth": 1, "decoder_width": 32, "max_tokens": 8})
+    model.restore_metadata({"extraction": {"max_trajectories": 8}}, "old.ckpt")
+    assert model.extraction == ExtractionConfig.from_dict(old).to_dict()
+    model.restore_metadata({"extraction": full}, "new.ckpt")
+    assert model.extraction == full
+    model.extraction = {"max_trajectories": 8}  # set by a user: today's defaults
+    assert model.extraction == full
+
+
+def test_training_saves_every_extraction_field():
+    """A video training module writes the resolved settings, so a later change of a default leaves the model's
+    extraction as it was."""
+    from tokgen.lit.video import VideoTokenizerModule
+    from tokgen.video import VideoTokenizerConfig
+
+    module = VideoTokenizerModule(VideoTokenizerConfig.from_dict({
+        "kind": "trajectory", "image_size": 32, "num_frames": 4, "patch_size": 8, "width": 32, "num_heads": 2,
+        "encoder_depth": 1, "decoder_depth": 1, "decoder_width": 32, "max_tokens": 8}))
+
+    class Trainer:
+        datamodule = type("DM", (), {"extraction": {"max_trajectories": 8}})()
+
+    module._trainer = Trainer()
+    saved = module.checkpoint_metadata()["extraction"]
+    assert saved == ExtractionConfig(max_trajectories=8).to_dict()

@@ -22,7 +22,7 @@ from tokgen.data.tokens import load_token_shards, read_index
 from tokgen.data.video import VideoDataModule
 from tokgen.generator import GPT
 from tokgen.metrics import to_unit
-from tokgen.video import TrajectoryTokenizer, TrajectoryTokenizerConfig, VideoTokenizer
+from tokgen.video import ExtractionConfig, TrajectoryTokenizer, TrajectoryTokenizerConfig, VideoTokenizer
 from tokgen.video.io import count_frames
 
 FRAMES, SIZE, SLOTS, GROUPS = 4, 32, 8, 4
@@ -41,7 +41,7 @@ def save_video_tokenizer(path, quantizer=FSQ):
     model = TrajectoryTokenizer(config)
     torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in model.state_dict().items()},
                 "tokgen": {"kind": "video_tokenizer", "video_tokenizer_config": config.to_dict(),
-                           "extraction": EXTRACTION}}, path)
+                           "extraction": ExtractionConfig.from_dict(EXTRACTION).to_dict()}}, path)
     return str(path)
 
 
@@ -77,7 +77,8 @@ def test_tokenize_writes_one_length_per_clip(pipeline):
     assert (index["num_tokens"], index["codebook_size"], index["num_classes"]) == (SLOTS * GROUPS, 4096, 0)
     assert index["codes_per_token"] == GROUPS
     assert index["data"]["init_args"] == {"dataset": "moving_shapes", "image_size": SIZE, "num_frames": FRAMES,
-                                          "trajectories": True, "extraction": EXTRACTION}
+                                          "trajectories": True,
+                                          "extraction": ExtractionConfig.from_dict(EXTRACTION).to_dict()}
     _, codes, lengths, labels = load_token_shards(shards)
     assert codes.shape == (20, SLOTS * GROUPS) and (labels == 0).all()
 

@@ -138,4 +138,9 @@ class VideoTokenizerModule(TrainingModule):
 
     def checkpoint_metadata(self) -> dict:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return {"extraction": dict(getattr(dm, "extraction", None) or {}) if dm is not None else None}
+        if dm is None:
+            return {"extraction": None}
+        from ..video.extract import ExtractionConfig
+
+        # every field, resolved: a later change of a default must not change what this model extracts
+        return {"extraction": ExtractionConfig.from_dict(getattr(dm, "extraction", None) or {}).to_dict()}

@@ -54,6 +54,20 @@ from .segment import MaskSource, SuperpixelSegmenter, region_means, resize_neare
 FLOW_PRESETS = ("ultrafast", "fast", "medium")
 
 
+# Defaults that changed, with their values before the change: extraction settings saved partially (a video
+# checkpoint written before 2026-12-04 holds only the recipe's keys) are completed with these, so such a model
+# keeps extracting as it was trained. Settings saved since hold every field.
+LEGACY_DEFAULTS = {"keyframe_interval": 8, "split_motion": 0.0}
+
+
+def complete_legacy(settings: dict) -> dict:
+    """``settings`` (ExtractionConfig fields, possibly partial) as saved by an earlier tokgen: when it lacks a
+    field added later (``split_motion``), the changed defaults take their earlier values (:data:`LEGACY_DEFAULTS`)."""
+    if "split_motion" in settings:
+        return dict(settings)
+    return {**LEGACY_DEFAULTS, **settings}
+
+
 @dataclass
 class ExtractionConfig(DictConfig):
     """Settings of :func:`extract_trajectories` (plain types, for recipes)."""
@@ -65,7 +79,7 @@ class ExtractionConfig(DictConfig):
     compactness: float = 5.0  # SLIC colour / space trade-off
     slic_iters: int = 5  # SLIC k-means iterations
     merge_threshold: float = 12.0  # CIELAB distance under which adjacent superpixels merge; 0 = no merging
-    keyframe_interval: int = 8  # a key frame every this many frames
+    keyframe_interval: int = 2  # a key frame every this many frames (8 before 2026-12-04)
     scene_change: float = 0.25  # mean |grey difference| in [0, 1] that makes a cut; 0 = never
     flow_preset: str = "fast"  # OpenCV DIS preset: ultrafast, fast or medium
     link_iou: float = 0.2  # smallest IoU for a Hungarian match between a segment and a trajectory

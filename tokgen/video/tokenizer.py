@@ -152,6 +152,27 @@ class VideoTokenizer(TokgenModel):
         self.quantizer = self.config.quantizer.build()
 
     @property
+    def extraction(self) -> dict | None:
+        """The trajectory extraction settings of its training data, every :class:`ExtractionConfig` field (None:
+        unknown). Set from a partial dict, the missing fields take the current defaults."""
+        return self._extraction
+
+    @extraction.setter
+    def extraction(self, value: dict | None) -> None:
+        from .extract import ExtractionConfig
+
+        self._extraction = None if value is None else ExtractionConfig.from_dict(dict(value)).to_dict()
+
+    def restore_metadata(self, meta: dict, source: str) -> None:
+        """The saved metadata; extraction settings saved partially by an earlier tokgen are completed with the
+        defaults it trained with (:func:`tokgen.video.extract.complete_legacy`), not today's."""
+        if isinstance(meta.get("extraction"), dict):
+            from .extract import complete_legacy
+
+            meta = {**meta, "extraction": complete_legacy(meta["extraction"])}
+        super().restore_metadata(meta, source)
+
+    @property
     def num_tokens(self) -> int:
         return self.config.num_tokens
 
