@@ -249,3 +249,15 @@ def test_training_saves_every_extraction_field():
     module._trainer = Trainer()
     saved = module.checkpoint_metadata()["extraction"]
     assert saved == ExtractionConfig(max_trajectories=8).to_dict()
+
+
+def test_extraction_settings_from_the_command_line_are_typed_and_checked_early():
+    """``--data.init_args.extraction.keyframe_interval 2`` reaches the free-form dict as the string "2": the video
+    datamodule reads such strings as YAML scalars and checks the settings when it is built."""
+    from tokgen.data.video import VideoDataModule
+
+    dm = VideoDataModule(trajectories=True, extraction={"keyframe_interval": "2", "split_motion": "0.5",
+                                                        "movers": "true", "flow_preset": "fast"})
+    assert dm.extraction == {"keyframe_interval": 2, "split_motion": 0.5, "movers": True, "flow_preset": "fast"}
+    with pytest.raises(ValueError, match="keyframe_interval='x' is invalid; expected a positive int"):
+        VideoDataModule(trajectories=True, extraction={"keyframe_interval": "x"})

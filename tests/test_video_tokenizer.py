@@ -189,3 +189,16 @@ def test_trajectory_module_supervises_geometry_and_beats_the_mean_colour(batch):
     assert video_psnr(recon, video).mean() > video_psnr(mean_colour, video).mean() + 1.0
     with pytest.raises(ValueError, match="geometry_weight=-1"):
         VideoTokenizerModule(TrajectoryTokenizerConfig.from_dict(SMALL), geometry_weight=-1)
+
+
+def test_a_fresh_process_finds_both_video_tokenizer_kinds():
+    """tokgen.video imports lazily: a command that loads a video checkpoint through the base class (``tokgen
+    video-eval``) must find the class of the saved kind without anything having imported it first."""
+    import subprocess
+    import sys
+
+    code = ("from tokgen.video.tokenizer import VideoTokenizer\n"
+            "print(VideoTokenizer.variant('trajectory').__name__, VideoTokenizer.variant('patch').__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["TrajectoryTokenizer", "PatchVideoTokenizer"]

@@ -30,6 +30,21 @@ from .video_folder import VideoFolderDataset
 __all__ = ["CachedDataset", "MovingShapesDataset", "TrajectoryDataset", "VideoDataModule", "VideoFolderDataset"]
 
 
+
+def command_line_values(settings: dict) -> dict:
+    """``settings`` with numbers and booleans typed: a free-form dict set from the command line
+    (``--data.init_args.extraction.keyframe_interval 2``) arrives as strings, which are read as YAML scalars
+    ("2" -> 2, "0.5" -> 0.5, "true" -> True); other strings ("fast") stay as they are."""
+    import yaml
+
+    typed = {}
+    for key, value in settings.items():
+        if isinstance(value, str):
+            parsed = yaml.safe_load(value) if value.strip() else value
+            value = parsed if isinstance(parsed, (int, float, bool)) or parsed is None else value
+        typed[key] = value
+    return typed
+
 class VideoDataModule(L.LightningDataModule):
     """Train / val clips from ``moving_shapes`` or a video folder, with optional trajectory extraction.
 
@@ -86,7 +101,11 @@ class VideoDataModule(L.LightningDataModule):
         self.min_shapes, self.max_shapes, self.texture_contrast = min_shapes, max_shapes, texture_contrast
         self.trajectories = trajectories
         self.trajectory_source = check_choice("trajectory_source", trajectory_source, ("extracted", "ground_truth"))
-        self.extraction = dict(extraction or {})
+        self.extraction = command_line_values(extraction or {})
+        if self.trajectories:  # fail at construction, naming the key, not at the first clip
+            from ..video.extract import ExtractionConfig
+
+            ExtractionConfig.from_dict(self.extraction)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.val_batch_size = check_int("val_batch_size", val_batch_size or batch_size, minimum=1)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)

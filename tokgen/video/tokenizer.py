@@ -127,6 +127,8 @@ class VideoTokenizer(TokgenModel):
     @classmethod
     def variant(cls, kind: str) -> type["VideoTokenizer"]:
         """The video tokenizer class of config kind ``kind``."""
+        from . import patch_tokenizer, trajectory_tokenizer  # noqa: F401  (their classes register themselves)
+
         found = VideoTokenizer.variants.get(kind)
         if found is None:
             raise ValueError(f"video tokenizer kind={kind!r} is not supported; use one of "
