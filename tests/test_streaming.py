@@ -104,6 +104,22 @@ def test_prepare_images_jpeg_is_close_to_the_pixels(tmp_path):
         assert 0 < error.mean() < 0.03 and int(dm.train_set[i]["label"]) == 0  # lossy, but a few levels only
 
 
+
+def test_prepare_data_detects_a_flat_folder_like_fit(tmp_path, capsys):
+    """`tokgen prepare-data images` on a folder of images (no class subfolders) without --flat: detected, one
+    class, as `tokgen fit`'s ImageFolderDataModule detects it."""
+    from tokgen.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, colour in enumerate(np.random.default_rng(2).uniform(0, 255, (4, 3))):
+        Image.fromarray(np.full((20, 20, 3), colour, dtype=np.uint8)).save(folder / f"{i}.png")
+    main(["prepare-data", "images", "--input", str(folder), "--out", str(tmp_path / "out"), "--image-size", str(SIZE),
+          "--val-fraction", "0.25"])
+    dm = StreamingImageDataModule(str(tmp_path / "out"), random_flip=False)
+    dm.setup()
+    assert dm.num_classes == 1 and len(dm.train_set) == 3 and len(dm.val_set) == 1
+
 def write_token_shards(path, n=30, K=6, codebook=50):
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, codebook, (n, K), generator=g).to(torch.int16)

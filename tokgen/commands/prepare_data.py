@@ -6,7 +6,8 @@
     tokgen prepare-data tokens --input runs/tokens/imagenet_flextok_d18/train \\
         --val-input runs/tokens/imagenet_flextok_d18/val --out runs/tokens/imagenet_flextok_d18/streaming
 
-Images: the layout and split rules of ImageFolderDataModule (class subfolders, or ``--flat``; validation from
+Images: the layout and split rules of ImageFolderDataModule (class subfolders, or a flat folder: detected when
+images lie directly in it, forced with ``--flat``; validation from
 ``--val-input`` or a seeded ``--val-fraction`` of ``--input``), each image stored resized and center-cropped to
 ``--image-size`` (uint8 pixels with ``--encoding raw``, or PNG / JPEG bytes). Tokens: the codes, length and label
 of every example of a ``tokgen tokenize`` folder (validation from ``--val-input`` or the last ``--val-size``).
@@ -29,12 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--chunk-size", type=int, help="samples per chunk (instead of --chunk-bytes)")
 
     images = kinds.add_parser("images", parents=[common], help="an image folder (ImageFolderDataModule layout)")
-    images.add_argument("--input", required=True, help="training images: class subfolders (or --flat)")
+    images.add_argument("--input", required=True, help="training images: class subfolders, or a flat folder (detected; or --flat)")
     images.add_argument("--val-input", help="validation images (same class subfolders); default: split --input")
     images.add_argument("--val-fraction", type=float, default=0.01,
                         help="fraction of --input held out when --val-input is not given (default 0.01)")
     images.add_argument("--image-size", type=int, required=True, help="side S of the stored S x S images")
-    images.add_argument("--flat", action="store_true", help="no class subfolders: every image found, label 0")
+    images.add_argument("--flat", action="store_true", help="no class subfolders, whatever the folder holds: every image found (recursively), label 0")
     images.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
                         help=f"accepted file extensions (default {','.join(DEFAULT_EXTENSIONS)})")
     images.add_argument("--encoding", default="png", choices=ENCODINGS,
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "images":
         extensions = tuple(e.strip() for e in args.extensions.split(",") if e.strip())
         meta = prepare_images(args.input, args.out, args.image_size, val_input=args.val_input,
-                              val_fraction=args.val_fraction, class_subfolders=not args.flat,
+                              val_fraction=args.val_fraction, class_subfolders=False if args.flat else None,
                               extensions=extensions, encoding=args.encoding, seed=args.seed, workers=args.workers,
                               **common)
     else:

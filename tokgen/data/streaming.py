@@ -154,11 +154,11 @@ def write_dataset(out: str, meta: dict, splits: dict[str, tuple[Callable[[], Ite
 
 
 def prepare_images(input: str, out: str, image_size: int, val_input: str | None = None, val_fraction: float = 0.01,
-                   class_subfolders: bool = True, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+                   class_subfolders: bool | None = None, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
                    encoding: str = "png", seed: int = 0, workers: int = 1, chunk_bytes: str = "64MB",
                    chunk_size: int | None = None) -> dict:
-    """An image folder (the layout and split rules of :class:`ImageFolderDataModule`) -> streaming chunks in
-    ``out``. Returns the written ``tokgen.json`` content."""
+    """An image folder (the layout and split rules of :class:`ImageFolderDataModule`: ``class_subfolders`` None
+    detects a flat folder) -> streaming chunks in ``out``. Returns the written ``tokgen.json`` content."""
     check_choice("encoding", encoding, ENCODINGS)
     for name, path in (("--input", input), ("--val-input", val_input)):
         if path is not None and not os.path.isdir(path):
