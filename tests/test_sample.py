@@ -205,3 +205,23 @@ def test_length_report_compares_class_order_with_the_data(tmp_path):
     reversed_order = [(i, 12 - n) for i, n in same_order]
     assert report_lengths(reversed_order, labels, 16, data, str(tmp_path / "b.png"))["per_class_spearman"] == pytest.approx(-1.0)
     assert os.path.getsize(tmp_path / "a_lengths.png") > 0
+
+
+def test_num_samples_is_the_launcher_safe_spelling_of_num():
+    """Under torchrun / accelerate the launcher's own parser reads ``--num`` as an abbreviation of its
+    ``--numa-binding`` / ``--num_processes`` and stops; ``--num-samples`` is the same option, unambiguous there."""
+    import argparse
+
+    from tokgen.commands.sample import build_parser
+
+    parser = build_parser()
+    common = ["--tokenizer", "t.ckpt", "--generator", "g.ckpt", "--out", "o.png"]
+    assert parser.parse_args(common + ["--num-samples", "3"]).num == 3 == parser.parse_args(common + ["--num", "3"]).num
+    torchrun_like = argparse.ArgumentParser()
+    torchrun_like.add_argument("--numa-binding")
+    torchrun_like.add_argument("--numa_binding")
+    torchrun_like.add_argument("script")
+    torchrun_like.add_argument("script_args", nargs=argparse.REMAINDER)
+    assert torchrun_like.parse_args(["s.py", "--num-samples", "3"]).script_args == ["--num-samples", "3"]
+    with pytest.raises(SystemExit):  # what torchrun does with the short spelling
+        torchrun_like.parse_args(["s.py", "--num", "3"])

@@ -48,7 +48,9 @@ def build_parser(prog: str = "tokgen sample") -> argparse.ArgumentParser:
     budget.add_argument("--budgets", default=None, help="several budgets, comma separated, e.g. 1,4,16")
     p.add_argument("--classes", default=None,
                    help="class ids, comma separated (default: every class; unconditional generators take none)")
-    p.add_argument("--num", type=int, default=8, help="samples per class (unconditional: in total); default 8")
+    p.add_argument("--num", "--num-samples", dest="num", type=int, default=8,
+                   help="samples per class (unconditional: in total); default 8. Under torchrun write --num-samples: "
+                        "torchrun's own parser reads --num as an abbreviation of its --numa-binding")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off); default 1")
     p.add_argument("--cfg-schedule", default="constant", help=f"one of {', '.join(CFG_SCHEDULES)}")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy); default 1")
