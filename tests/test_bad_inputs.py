@@ -387,6 +387,12 @@ def test_refit_halting_and_train_features_check_before_work(work, tmp_path, caps
     if NO_GPU:
         cli_error(capsys, [*base, "--out", out, "--device", "cuda"], "no CUDA GPU", absent=[out])
     cli_error(capsys, [*base, "--out", out, "--eps-range", "0.1"], "--eps-range '0.1'", "lo,hi", absent=[out])
+    halting = os.path.join(os.path.dirname(__file__), "fixtures", "halting_tokenizer.ckpt")  # a classifier head
+    for flag, value, saved in (("--head", "error-model", "halt_head=classifier"),
+                               ("--error-metric", "l2", "error_metric=l1")):
+        cli_error(capsys, ["refit-halting", "--ckpt", halting, "--data", "shapes", "--out", out, flag, value],
+                  f"{flag} {value.replace('-', '_') if flag == '--head' else value}", saved, "a refit keeps",
+                  absent=[out])
     feat = str(tmp_path / "f.pt")
     cli_error(capsys, ["train-features", "--data", "shapes", "--out", os.path.join(work["afile"], "f.pt")],
               "afile", "is a file")

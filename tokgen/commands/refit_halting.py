@@ -21,13 +21,14 @@ MIN_MET of those images) and stored as the new checkpoint's ``halt_threshold``; 
 threshold per eps is stored instead (``halt_thresholds``: for each eps of ``--target-errors`` the smallest meeting
 it on MIN_MET, never rising with eps, interpolated in log eps between them), so ``encode(images,
 target_error=eps)``, ``tokgen tokenize --target-error`` and ``tokgen eval --target-errors`` use it by default.
-The summary (held-out head BCE and exact-length rate before and after, the calibration) is printed as JSON and
-stored in the new checkpoint's metadata.
+The summary (held-out head BCE and exact-length rate before and after, the calibration) is printed as JSON (the
+last line of stdout) and stored in the new checkpoint's metadata; a short reading of it goes to stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import os
 import time
 
@@ -53,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=4096, help="training-split images to label (default 4096)")
     p.add_argument("--reps", type=int, default=2, help="target errors drawn per image (default 2)")
     p.add_argument("--eps-range", help="lo,hi of the drawn target errors (default: the trained range)")
-    p.add_argument("--error-metric", default="l1", choices=ERROR_METRICS,
+    p.add_argument("--error-metric", default=None, choices=ERROR_METRICS,
                    help="with a nested tokenizer: the per-pixel error eps measures on [0, 1] images (default l1)")
-    p.add_argument("--head-hidden", type=int, default=128,
+    p.add_argument("--head-hidden", type=int, default=None,
                    help="with a nested tokenizer: width of the new halting head's MLP (default 128)")
-    p.add_argument("--head", default="error-model", choices=("error-model", "classifier"),
+    p.add_argument("--head", default=None, choices=("error-model", "classifier"),
                    help="with a nested tokenizer: the new halting head. error-model (default): models every prefix's "
                         "error per image, so one threshold serves every eps and lengths never fall as eps falls; "
                         "classifier: a halting logit per register from the register state and eps, fit to the search "
@@ -94,6 +95,10 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+# the new head of a nested tokenizer when --head-hidden / --error-metric are not given
+NEW_HEAD_DEFAULTS = {"head_hidden": 128, "error_metric": "l1"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     # everything that can be checked before the long part: outputs, device, numbers
@@ -122,12 +127,22 @@ def main(argv: list[str] | None = None) -> dict:
         if eps_range is None:
             raise ValueError(f"--ckpt {args.ckpt} is a plain tokenizer: give --eps-range lo,hi, the range of target "
                              f"errors ({args.error_metric} on [0, 1] images) the new halting head is trained for")
+        args.head, args.head_hidden = args.head or "error-model", args.head_hidden or NEW_HEAD_DEFAULTS["head_hidden"]
+        args.error_metric = args.error_metric or NEW_HEAD_DEFAULTS["error_metric"]
         check_int("--head-hidden", args.head_hidden, minimum=1)
         tok = halting_from_tokenizer(Tokenizer1D.from_checkpoint(args.ckpt), eps_range[0], eps_range[1],
                                      error_metric=args.error_metric, halt_head_hidden=args.head_hidden,
                                      halt_head=args.head.replace("-", "_")).to(device)
     else:
         tok = HaltingTokenizer.from_checkpoint(args.ckpt).to(device)
+        c = tok.config
+        for flag, given, key in (("--head", args.head and args.head.replace("-", "_"), "halt_head"),
+                                 ("--head-hidden", args.head_hidden, "halt_head_hidden"),
+                                 ("--error-metric", args.error_metric, "error_metric")):
+            if given is not None and given != getattr(c, key):  # a refit keeps the head's kind and shape
+                raise ValueError(f"{flag} {given}: --ckpt {args.ckpt} is a halting tokenizer with {key}="
+                                 f"{getattr(c, key)}, which a refit keeps; {flag} applies when adding halting to a "
+                                 f"nested tokenizer (drop it, or pass that tokenizer's checkpoint)")
     target_errors = None
     if args.target_errors is not None:
         target_errors = parse_target_errors(args.target_errors)
@@ -152,5 +167,30 @@ def main(argv: list[str] | None = None) -> dict:
         summary["calibration"] = {k: v for k, v in calibration.items() if k != "per_eps"}
         summary["calibration"]["per_eps"] = {f"{e:g}": v for e, v in calibration["per_eps"].items()}
     refit_checkpoint(args.ckpt, args.out, tok, summary)
+    for line in summary_lines(summary, args):
+        print(line, file=sys.stderr)
     print(json.dumps(summary))
     return summary
+
+
+def summary_lines(summary: dict, args: argparse.Namespace) -> list[str]:
+    """What a person reads (stderr; the JSON line on stdout is for programs): the fit, each calibrated eps with its
+    threshold and the share of images that met it, a warning where MIN_MET was not reached, the file written."""
+    def scores(d: dict) -> str:
+        return ", ".join(f"{k} {v:.3g}" for k, v in d.items() if isinstance(v, (int, float)))
+
+    lines = [f"refit-halting: {summary['head'].replace('_', '-')} head fit on {summary['examples']} images, "
+             f"{summary['steps']} steps, {summary['seconds']:.0f} s; held-out {scores(summary['holdout_before'])} -> "
+             f"{scores(summary['holdout_after'])}"]
+    cal = summary.get("calibration")
+    if cal:
+        grid, table = cal["grid"], cal.get("table") or [[eps, cal["threshold"]] for eps in map(float, cal["per_eps"])]
+        for eps, threshold in table:
+            met = cal["per_eps"][f"{eps:g}"]["fraction_met"]
+            share = met[grid.index(threshold)] if threshold in grid else float("nan")
+            lines.append(f"  eps {eps:g}: threshold {threshold:g}, met on {share:.1%} of {cal['num_images']} val images")
+        if not cal.get("table_reached", cal.get("reached", True)):
+            lines.append(f"warning: no threshold met every eps on {args.calibrate:.0%} of the val images (the "
+                         f"thresholds above are the strictest tried); more --steps / --num-images, or larger eps")
+    lines.append(f"wrote {args.out}")
+    return lines
