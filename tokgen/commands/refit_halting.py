@@ -95,8 +95,8 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-# the new head of a nested tokenizer when --head-hidden / --error-metric are not given
-NEW_HEAD_DEFAULTS = {"head_hidden": 128, "error_metric": "l1"}
+# the new head of a nested tokenizer when --head / --head-hidden / --error-metric are not given
+NEW_HEAD_DEFAULTS = {"head": "error-model", "head_hidden": 128, "error_metric": "l1"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
         if eps_range is None:
             raise ValueError(f"--ckpt {args.ckpt} is a plain tokenizer: give --eps-range lo,hi, the range of target "
                              f"errors ({args.error_metric} on [0, 1] images) the new halting head is trained for")
-        args.head, args.head_hidden = args.head or "error-model", args.head_hidden or NEW_HEAD_DEFAULTS["head_hidden"]
-        args.error_metric = args.error_metric or NEW_HEAD_DEFAULTS["error_metric"]
+        for key, value in NEW_HEAD_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
         check_int("--head-hidden", args.head_hidden, minimum=1)
         tok = halting_from_tokenizer(Tokenizer1D.from_checkpoint(args.ckpt), eps_range[0], eps_range[1],
                                      error_metric=args.error_metric, halt_head_hidden=args.head_hidden,

@@ -290,8 +290,7 @@ def keep_undersegmented(table: np.ndarray, seg: np.ndarray, w_idx: np.ndarray, i
         return out
     values = np.concatenate([lab, flow], axis=-1)  # (h, w, 5): L, a, b, flow x, flow y
     pairs = seg * Wn + w_idx
-    sums = np.stack([np.bincount(pairs.ravel(), weights=values[..., c].ravel(), minlength=S * Wn)
-                     for c in range(values.shape[-1])], axis=1).reshape(S, Wn, -1)
+    sums = region_means(pairs, values, S * Wn).reshape(S, Wn, -1) * inter[..., None]  # per (segment, trajectory)
     for j in lost:
         r = main[j]
         rest = inter[r].sum() - inter[r, j]
